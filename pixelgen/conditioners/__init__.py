@@ -1,0 +1,1 @@
+"""Text conditioners (filled in by the text-to-image issue)."""

@@ -1,0 +1,343 @@
+"""One registry mechanism for every kind of part, plus plugin discovery.
+
+Every swappable part of pixelgen (backbones, samplers, loss terms, frozen encoders, text conditioners,
+datasets) lives in a :class:`Registry`. Built-in parts register themselves when their module is imported;
+the registry imports those modules lazily on first use. Third-party packages add parts through the
+``pixelgen`` entry-point group: each entry point names a module (or object) that pluggy registers as a
+plugin, and whose ``pixelgen_register(registries)`` hook implementation registers parts. A plugin that
+fails to import is reported by name and skipped; the others still load.
+
+Example (in a third-party package)::
+
+    import pixelgen
+
+    @pixelgen.hookimpl
+    def pixelgen_register(registries):
+        @registries.backbone.register("my_net")
+        def my_net(**kw): ...
+
+and in its ``pyproject.toml``::
+
+    [project.entry-points.pixelgen]
+    my_plugin = "my_package.plugin"
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Callable, Iterator
+
+import pluggy
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Registry",
+    "RegistryEntry",
+    "Registries",
+    "registries",
+    "hookimpl",
+    "hookspec",
+    "discover_plugins",
+    "plugin_errors",
+    "loaded_plugins",
+    "reset_plugins",
+    "get_registry",
+]
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "pixelgen"
+hookspec = pluggy.HookspecMarker("pixelgen")
+hookimpl = pluggy.HookimplMarker("pixelgen")
+
+
+class _HookSpecs:
+    @hookspec
+    def pixelgen_register(self, registries: "Registries") -> None:
+        """Register parts (``registries.backbone.register(...)``, ``registries.loss.register(...)`` ...)."""
+
+
+@dataclass
+class RegistryEntry:
+    """A registered part: the callable that builds it and free-form metadata (e.g. ``gated=True``)."""
+
+    name: str
+    builder: Callable[..., Any]
+    kind: str
+    source: str = "builtin"
+    metadata: dict = field(default_factory=dict)
+    doc: str = ""
+
+
+class Registry:
+    """Name -> builder mapping for one kind of part.
+
+    ``register`` is a decorator; ``build(name, **overrides)`` calls the builder with keyword overrides;
+    ``list(pattern)`` returns sorted names matching a glob. Unknown names raise ``KeyError`` whose message
+    suggests close matches.
+    """
+
+    def __init__(self, kind: str, builtin_modules: tuple[str, ...] = ()):
+        self.kind = kind
+        self._builtin_modules = tuple(builtin_modules)
+        self._builtins_loaded = False
+        self._entries: dict[str, RegistryEntry] = {}
+        self._lock = threading.RLock()
+
+    # -- registration -------------------------------------------------------------------------------
+    def register(
+        self,
+        name: str | Callable | None = None,
+        *,
+        override: bool = False,
+        source: str | None = None,
+        **metadata: Any,
+    ):
+        """Register a builder under ``name`` (default: the function's ``__name__``).
+
+        Usable as ``@reg.register``, ``@reg.register("name", gated=True)`` or ``reg.register("n")(fn)``.
+        Registering a taken name raises unless ``override=True``.
+        """
+        if callable(name) and not isinstance(name, str):
+            return self.register(None, override=override, source=source, **metadata)(name)
+
+        def decorator(builder: Callable[..., Any]):
+            if not callable(builder):
+                raise TypeError(f"Cannot register {builder!r} as {self.kind} '{name}': it is not callable.")
+            key = name or getattr(builder, "__name__", None)
+            if not key or not isinstance(key, str):
+                raise ValueError(f"A {self.kind} needs a non-empty string name to be registered.")
+            with self._lock:
+                if key in self._entries and not override:
+                    prev = self._entries[key]
+                    if prev.builder is builder:
+                        return builder
+                    raise KeyError(
+                        f"{self.kind} '{key}' is already registered (from {prev.source}); "
+                        "pass override=True to replace it."
+                    )
+                src = source or _current_source() or getattr(builder, "__module__", "builtin")
+                self._entries[key] = RegistryEntry(
+                    name=key,
+                    builder=builder,
+                    kind=self.kind,
+                    source=src,
+                    metadata=dict(metadata),
+                    doc=(builder.__doc__ or "").strip().split("\n")[0],
+                )
+            return builder
+
+        return decorator
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            self._entries.pop(name, None)
+
+    # -- lookup -------------------------------------------------------------------------------------
+    def _populate(self) -> None:
+        if not self._builtins_loaded:
+            with self._lock:
+                if not self._builtins_loaded:
+                    self._builtins_loaded = True
+                    for mod in self._builtin_modules:
+                        importlib.import_module(mod)
+        discover_plugins()
+
+    def get(self, name: str) -> RegistryEntry:
+        if not isinstance(name, str):
+            raise TypeError(f"A {self.kind} name must be a string, got {type(name).__name__}.")
+        self._populate()
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise KeyError(self._unknown_message(name)) from None
+
+    def build(self, name: str, /, **overrides: Any) -> Any:
+        """Build the part registered as ``name``, passing ``overrides`` as keyword arguments."""
+        return self.get(name).builder(**overrides)
+
+    def list(self, pattern: str = "*") -> list[str]:
+        """Sorted registered names matching a glob pattern (``*`` by default)."""
+        self._populate()
+        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+
+    def entries(self, pattern: str = "*") -> list[RegistryEntry]:
+        return [self._entries[n] for n in self.list(pattern)]
+
+    def __contains__(self, name: object) -> bool:
+        self._populate()
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.list())
+
+    def __len__(self) -> int:
+        return len(self.list())
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {len(self._entries)} entries)"
+
+    def _unknown_message(self, name: str) -> str:
+        names = list(self._entries)
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        msg = f"Unknown {self.kind} '{name}'"
+        if close:
+            msg += "; did you mean " + ", ".join(f"'{c}'" for c in close) + "?"
+        else:
+            msg += f"; registered: {', '.join(sorted(names)) or 'none'}."
+        errs = plugin_errors()
+        if errs:
+            msg += " (plugins that failed to load: " + ", ".join(sorted(errs)) + ")"
+        return msg
+
+
+class Registries:
+    """The set of registries, handed to plugins' ``pixelgen_register`` hook."""
+
+    def __init__(self) -> None:
+        self._by_kind: dict[str, Registry] = {}
+
+    def add(self, registry: Registry) -> Registry:
+        self._by_kind[registry.kind] = registry
+        return registry
+
+    def __getattr__(self, kind: str) -> Registry:
+        try:
+            return self.__dict__["_by_kind"][kind]
+        except KeyError:
+            raise AttributeError(
+                f"No registry of kind '{kind}'; known kinds: {', '.join(sorted(self._by_kind))}."
+            ) from None
+
+    def __getitem__(self, kind: str) -> Registry:
+        return getattr(self, kind)
+
+    def kinds(self) -> list[str]:
+        return sorted(self._by_kind)
+
+
+registries = Registries()
+# The built-in module list of each registry is what gets imported the first time it is used.
+BACKBONES = registries.add(Registry("backbone", ("pixelgen.backbones",)))
+SAMPLERS = registries.add(Registry("sampler", ("pixelgen.samplers",)))
+LOSSES = registries.add(Registry("loss", ("pixelgen.losses",)))
+ENCODERS = registries.add(Registry("encoder", ("pixelgen.encoders",)))
+CONDITIONERS = registries.add(Registry("conditioner", ("pixelgen.conditioners",)))
+DATASETS = registries.add(Registry("dataset", ("pixelgen.data",)))
+
+
+def get_registry(kind: str) -> Registry:
+    return registries[kind]
+
+
+# -- plugin discovery ---------------------------------------------------------------------------------
+_plugin_lock = threading.RLock()
+_discovered = False
+_discovering = False
+_plugin_errors: dict[str, str] = {}
+_loaded_plugins: dict[str, str] = {}
+_current = threading.local()
+_manager: pluggy.PluginManager | None = None
+
+
+def _current_source() -> str | None:
+    return getattr(_current, "source", None)
+
+
+def plugin_manager() -> pluggy.PluginManager:
+    global _manager
+    if _manager is None:
+        pm = pluggy.PluginManager("pixelgen")
+        pm.add_hookspecs(_HookSpecs)
+        _manager = pm
+    return _manager
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    eps = metadata.entry_points()
+    if hasattr(eps, "select"):
+        found = list(eps.select(group=ENTRY_POINT_GROUP))
+    else:  # pragma: no cover - Python < 3.10 shape
+        found = list(eps.get(ENTRY_POINT_GROUP, []))
+    # The same distribution can be visible twice (e.g. an editable install plus a path entry).
+    seen, unique = set(), []
+    for ep in found:
+        if ep.name not in seen:
+            seen.add(ep.name)
+            unique.append(ep)
+    return unique
+
+
+def discover_plugins(force: bool = False) -> dict[str, str]:
+    """Load every ``pixelgen`` entry point once and run its ``pixelgen_register`` hook.
+
+    Returns ``{plugin name: error message}`` for the plugins that failed; a failure is logged as a
+    warning naming the plugin and never stops the other plugins from loading.
+    """
+    global _discovered, _discovering
+    if (_discovered and not force) or _discovering:
+        return dict(_plugin_errors)
+    with _plugin_lock:
+        if (_discovered and not force) or _discovering:
+            return dict(_plugin_errors)
+        _discovering = True
+        try:
+            pm = plugin_manager()
+            for ep in _entry_points():
+                if ep.name in _loaded_plugins or pm.get_plugin(ep.name) is not None:
+                    continue
+                _current.source = f"plugin:{ep.name}"
+                try:
+                    plugin = ep.load()
+                    pm.register(plugin, name=ep.name)
+                    impls = [i for i in pm.hook.pixelgen_register.get_hookimpls() if i.plugin_name == ep.name]
+                    for impl in impls:
+                        impl.function(registries=registries)
+                    _loaded_plugins[ep.name] = ep.value
+                    _plugin_errors.pop(ep.name, None)
+                except Exception as exc:  # a broken plugin must not stop the others
+                    if pm.get_plugin(ep.name) is not None:
+                        pm.unregister(name=ep.name)
+                    reason = f"{type(exc).__name__}: {exc}"
+                    _plugin_errors[ep.name] = reason
+                    log.warning("pixelgen plugin '%s' (%s) failed to load and was skipped: %s", ep.name, ep.value, reason)
+                finally:
+                    _current.source = None
+            _discovered = True
+        finally:
+            _discovering = False
+    return dict(_plugin_errors)
+
+
+def plugin_errors() -> dict[str, str]:
+    """``{plugin name: reason}`` for plugins that failed to load (empty if all loaded)."""
+    return dict(_plugin_errors)
+
+
+def loaded_plugins() -> dict[str, str]:
+    """``{plugin name: entry-point value}`` for plugins that loaded."""
+    return dict(_loaded_plugins)
+
+
+def reset_plugins() -> None:
+    """Forget discovery so that the next lookup scans entry points again (tests use this).
+
+    Parts registered by plugins are removed too; built-in parts stay.
+    """
+    global _discovered, _manager
+    with _plugin_lock:
+        for reg in registries._by_kind.values():
+            for name, entry in list(reg._entries.items()):
+                if entry.source.startswith("plugin:"):
+                    del reg._entries[name]
+        _plugin_errors.clear()
+        _loaded_plugins.clear()
+        _manager = None
+        _discovered = False
+        importlib.invalidate_caches()
