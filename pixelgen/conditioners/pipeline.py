@@ -1,0 +1,283 @@
+"""Prompts → images with a text-to-image backbone and a text conditioner (what ``pixelgen generate`` runs).
+
+Defaults are the released model's (spec §5.9, §8): Adams–Bashforth order 2, 25 steps, guidance 4.0 on the
+default open interval (0, 1), time shift 3.0, bf16 autocast on CUDA. The unconditional embedding is the
+encoding of ``""`` or of the negative prompt. Image ``n`` of a call (prompt-major: ``n = prompt·num + k``)
+starts from noise that depends on ``(seed, n)`` alone, so results do not depend on the batch size.
+
+Fixes over the original demo: any height/width that is a multiple of the patch size (the original crashed
+off 512), a negative prompt that does not leak into later calls, and an optional key-padding mask.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .qwen3 import Qwen3TextConditioner, TextEncoding, check_prompts
+
+__all__ = [
+    "TEXT_ENCODER_FILE",
+    "DEFAULT_SAMPLING",
+    "GenerationResult",
+    "TextToImagePipeline",
+    "check_text_compatible",
+    "pack_text_condition",
+    "unpack_text_condition",
+    "to_uint8",
+    "save_text_encoder_spec",
+    "read_text_encoder_spec",
+    "save_trajectory_gif",
+]
+
+TEXT_ENCODER_FILE = "text_encoder.json"
+"""Written next to a T2I checkpoint's ``config.json``: the conditioner's ``describe()``."""
+
+DEFAULT_SAMPLING: dict[str, Any] = {"name": "adams", "order": 2, "num_steps": 25, "guidance": 4.0, "timeshift": 3.0}
+
+
+def check_text_compatible(model: nn.Module, conditioner: Qwen3TextConditioner) -> None:
+    """The backbone must be a text model whose text width and length equal the encoder's."""
+    if getattr(model, "cond_kind", None) != "text":
+        raise ValueError(f"This checkpoint is not a text-to-image model (its conditioning is {getattr(model, 'cond_kind', 'unknown')!r}).")
+    if model.txt_embed_dim != conditioner.embed_dim:
+        raise ValueError(
+            f"The checkpoint expects text embeddings of width {model.txt_embed_dim} but the text encoder "
+            f"{conditioner.source.get('model', conditioner.source.get('name', ''))!r} gives width {conditioner.embed_dim}; "
+            "choose the encoder the model was trained with (--text-encoder)."
+        )
+    if model.txt_max_length != conditioner.max_length:
+        raise ValueError(
+            f"The checkpoint expects {model.txt_max_length} text tokens but the text encoder pads to {conditioner.max_length}."
+        )
+
+
+# -- the padding mask through the samplers -----------------------------------------------------------
+# Samplers treat the condition as one opaque tensor that they concatenate along the batch (conditional and
+# unconditional halves). To carry the token mask along, it rides as one extra channel of the embeddings.
+def pack_text_condition(encoding: TextEncoding) -> torch.Tensor:
+    """(B, L, D + 1): the embeddings with the token mask (1 real, 0 padding) as a last channel."""
+    mask = encoding.mask.to(encoding.embeddings.dtype).unsqueeze(-1)
+    return torch.cat([encoding.embeddings, mask], dim=-1)
+
+
+def unpack_text_condition(cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`pack_text_condition`: (embeddings, bool mask)."""
+    return cond[..., :-1], cond[..., -1] > 0.5
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats → uint8 exactly as the original: ``clip((x + 1)·127.5 + 0.5, 0, 255)``."""
+    return ((x.float() + 1.0) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8)
+
+
+def _noise_generator(seed: int, index: int) -> torch.Generator:
+    """A CPU generator for image ``index`` of a run seeded with ``seed`` (independent of batching)."""
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(index)) % (2**63))
+
+
+@dataclass
+class GenerationResult:
+    """``images``: uint8 (N, 3, H, W) on CPU; ``prompts``/``indices``: per image; ``trajectories``: uint8
+    (N, steps + 1, 3, H, W) when asked for (noise first, final image last)."""
+
+    images: torch.Tensor
+    prompts: list[str]
+    indices: list[int]
+    trajectories: torch.Tensor | None = None
+
+
+class TextToImagePipeline:
+    """A T2I backbone plus its text conditioner.
+
+    ``pipe(prompts, num_images_per_prompt=4, seed=0)`` → :class:`GenerationResult`. Sampling settings are
+    keyword arguments of the call (``sampler``, ``num_steps``, ``guidance``, ``timeshift``, ``order`` ...).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        conditioner: Qwen3TextConditioner,
+        *,
+        device: torch.device | str | None = None,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        check_text_compatible(model, conditioner)
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device).eval()
+        self.conditioner = conditioner.to(self.device)
+        if autocast_dtype is None and self.device.type == "cuda":
+            autocast_dtype = torch.bfloat16
+        self.autocast_dtype = autocast_dtype
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoint: str | os.PathLike,
+        *,
+        text_encoder: str | os.PathLike | dict | None = None,
+        pad_mask: bool | None = None,
+        device: torch.device | str | None = None,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> "TextToImagePipeline":
+        """Load an exported checkpoint (``model.safetensors`` + ``config.json``) and its text encoder.
+
+        The encoder is ``text_encoder`` when given (a registered name, folder or HF id), else the one recorded
+        in the checkpoint's ``text_encoder.json``, else ``Qwen/Qwen3-1.7B``. ``pad_mask`` overrides the recorded
+        choice.
+        """
+        from pixelgen.checkpoint import load_pretrained
+
+        from . import DEFAULT_TEXT_ENCODER, build_conditioner_from_spec
+
+        path = Path(checkpoint)
+        if path.suffix == ".ckpt":
+            raise ValueError(f"{path} is a Lightning training checkpoint; convert it first with `pixelgen convert {path} OUT_DIR`.")
+        if not path.exists():
+            raise FileNotFoundError(f"The checkpoint {path} does not exist.")
+        device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_pretrained(path, device=device)
+        folder = path if path.is_dir() else path.parent
+        recorded = read_text_encoder_spec(folder)
+        spec: Any = text_encoder if text_encoder is not None else (recorded or DEFAULT_TEXT_ENCODER)
+        options: dict[str, Any] = {"max_length": int(model.txt_max_length)}
+        if pad_mask is not None:
+            options["pad_mask"] = pad_mask
+        elif recorded and text_encoder is None:
+            options["pad_mask"] = bool(recorded.get("pad_mask", False))
+        if isinstance(spec, dict):
+            spec = {k: v for k, v in spec.items() if k not in ("max_length", "pad_mask", "embed_dim")}
+        conditioner = build_conditioner_from_spec(spec, device=device, **options)
+        return cls(model, conditioner, device=device, autocast_dtype=autocast_dtype)
+
+    def build_sampler(self, name: str = "adams", **params: Any):
+        from pixelgen.samplers import build_sampler
+
+        defaults = {k: v for k, v in DEFAULT_SAMPLING.items() if k != "name"}
+        if name != "adams":
+            defaults.pop("order")
+        return build_sampler(name, **{**defaults, **params})
+
+    def _denoiser(self):
+        model, masked = self.model, self.conditioner.pad_mask
+
+        def denoise(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+            if masked:
+                embeddings, mask = unpack_text_condition(cond)
+                return model(x, t, embeddings, text_mask=mask)
+            return model(x, t, cond)
+
+        return denoise
+
+    def _condition(self, encoding: TextEncoding) -> torch.Tensor:
+        return pack_text_condition(encoding) if self.conditioner.pad_mask else encoding.embeddings
+
+    def _check_size(self, height: int | None, width: int | None) -> tuple[int, int]:
+        size = int(self.model.input_size)
+        patch = int(self.model.patch_size)
+        h, w = height or size, width or size
+        for name, value in (("height", h), ("width", w)):
+            if not isinstance(value, int) or value < patch or value % patch:
+                raise ValueError(f"The image {name} must be a positive multiple of the patch size {patch}, got {value!r}.")
+        return h, w
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompts: Sequence[str] | str,
+        *,
+        negative_prompt: str | None = None,
+        num_images_per_prompt: int = 1,
+        seed: int = 0,
+        height: int | None = None,
+        width: int | None = None,
+        batch_size: int = 8,
+        sampler: str = "adams",
+        return_trajectory: bool = False,
+        progress: bool = False,
+        **sampler_params: Any,
+    ) -> GenerationResult:
+        prompts = check_prompts(prompts)
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        if not isinstance(seed, int):
+            raise TypeError(f"seed must be an integer, got {type(seed).__name__}.")
+        h, w = self._check_size(height, width)
+        run = self.build_sampler(sampler, **sampler_params)
+        per_image = [p for p in prompts for _ in range(num_images_per_prompt)]
+        indices = list(range(len(per_image)))
+        channels = int(self.model.in_channels)
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None else nullcontext()
+        )
+        images, trajectories = [], []
+        starts = range(0, len(per_image), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="generate", unit="batch")
+        denoise = self._denoiser()
+        for start in starts:
+            batch_prompts = per_image[start : start + batch_size]
+            batch_indices = indices[start : start + batch_size]
+            generators = [_noise_generator(seed, i) for i in batch_indices]
+            noise = torch.stack([torch.randn(channels, h, w, generator=g) for g in generators]).to(self.device)
+            cond = self._condition(self.conditioner(batch_prompts))
+            uncond = self._condition(self.conditioner.unconditional(len(batch_prompts), negative_prompt))
+            with autocast:
+                out = run(denoise, noise, cond, uncond, generator=generators, return_trajectory=return_trajectory)
+            if return_trajectory:
+                x, path = out
+                trajectories.append(to_uint8(path.transpose(0, 1)).cpu())
+            else:
+                x = out
+            images.append(to_uint8(x).cpu())
+        return GenerationResult(
+            images=torch.cat(images),
+            prompts=per_image,
+            indices=indices,
+            trajectories=torch.cat(trajectories) if return_trajectory else None,
+        )
+
+
+# -- files ---------------------------------------------------------------------------------------------
+def save_text_encoder_spec(folder: str | os.PathLike, conditioner: Qwen3TextConditioner) -> Path:
+    """Record the conditioner next to a checkpoint so ``pixelgen generate`` rebuilds the same one."""
+    from pixelgen.utils.io import atomic_save_json
+
+    return atomic_save_json(conditioner.describe(), Path(folder) / TEXT_ENCODER_FILE)
+
+
+def read_text_encoder_spec(folder: str | os.PathLike) -> dict | None:
+    path = Path(folder) / TEXT_ENCODER_FILE
+    if not path.is_file():
+        return None
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path} must hold a JSON object describing the text encoder.")
+    return spec
+
+
+def save_trajectory_gif(frames: torch.Tensor, path: str | os.PathLike, duration_ms: int = 200) -> Path:
+    """Write uint8 frames (T, 3, H, W) as a looping animated GIF, ``duration_ms`` per frame (the demo's 200)."""
+    from PIL import Image
+
+    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(f"Trajectory frames must be uint8 (T, 3, H, W), got {frames.dtype} {tuple(frames.shape)}.")
+    pictures = [Image.fromarray(f.permute(1, 2, 0).numpy()) for f in frames]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=duration_ms, loop=0)
+    return path
