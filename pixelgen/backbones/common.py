@@ -1,0 +1,120 @@
+"""What both JiT backbones share: attributes of the backbone contract, input checks, the position table for
+any grid, loading a checkpoint whose sin-cos table was made for another grid, and the attention backend switch."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from pixelgen.nn import check_backend, sincos_2d_table
+from pixelgen.utils.checks import check_image_batch, check_labels, check_tensor, check_timesteps
+
+__all__ = ["JiTBase", "modulate", "unknown_arguments_message"]
+
+log = logging.getLogger(__name__)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: ``x·(1 + scale) + shift``; ``shift``/``scale`` broadcast over tokens."""
+    return x * (1 + scale) + shift
+
+
+def unknown_arguments_message(what: str, unknown: list[str], valid: list[str]) -> str:
+    return f"Unknown argument(s) {', '.join(sorted(unknown))} for {what}; valid arguments: {', '.join(valid)}."
+
+
+class JiTBase(nn.Module):
+    """Base of the JiT backbones.
+
+    Subclasses set ``arch``, ``cond_kind``, ``config`` (original constructor argument names), ``input_size``,
+    ``patch_size``, ``hidden_size``, ``in_channels`` and a frozen ``pos_embed`` parameter for the default grid.
+
+    ``check_inputs`` (default True) validates every forward's inputs with one-sentence errors. The value checks
+    (t in [0, 1], labels in range) cost one host sync per call on a GPU; compiled training can turn them off
+    with ``model.check_inputs = False``.
+    """
+
+    arch: str
+    cond_kind: str
+    pos_embed: nn.Parameter
+
+    def __init__(self, attention_backend: str) -> None:
+        super().__init__()
+        self.check_inputs = True
+        self._attention_backend = check_backend(attention_backend)
+
+    # -- attention backend --------------------------------------------------------------------------
+    @property
+    def attention_backend(self) -> str:
+        """``"auto" | "sdpa" | "xformers" | "math"``; settable at any time (see :mod:`pixelgen.nn.attention`)."""
+        return self._attention_backend
+
+    @attention_backend.setter
+    def attention_backend(self, value: str) -> None:
+        self._attention_backend = check_backend(value)
+        for module in self.modules():
+            if module is not self and hasattr(module, "attention_backend"):
+                module.attention_backend = value
+
+    # -- grids ----------------------------------------------------------------------------------------
+    @property
+    def default_grid(self) -> tuple[int, int]:
+        g = self.input_size // self.patch_size
+        return g, g
+
+    def position_table(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """(1, grid_h·grid_w, H): the stored ``pos_embed`` at the training grid (bit-identical), else the same
+        fixed sin-cos construction regenerated for the requested grid (exact, since the table is not learnt)."""
+        if (grid_h, grid_w) == self.default_grid:
+            return self.pos_embed
+        table = sincos_2d_table(self.hidden_size, grid_h, grid_w, device=self.pos_embed.device)
+        return table.to(self.pos_embed.dtype).unsqueeze(0)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # A sin-cos table saved for another grid (a 256-px checkpoint loaded at 512 px) is replaced by this
+        # model's own table: it is a fixed function of the grid, so nothing learnt is lost.
+        key = prefix + "pos_embed"
+        incoming = state_dict.get(key)
+        if (
+            isinstance(incoming, torch.Tensor)
+            and incoming.ndim == 3
+            and incoming.shape[-1] == self.hidden_size
+            and incoming.shape != self.pos_embed.shape
+        ):
+            log.info(
+                "pos_embed in the checkpoint covers %d tokens; using the sin-cos table for this model's %dx%d grid.",
+                incoming.shape[1], *self.default_grid,
+            )
+            table = sincos_2d_table(self.hidden_size, *self.default_grid, device=incoming.device)
+            state_dict[key] = table.to(incoming.dtype).unsqueeze(0)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    # -- input checks ---------------------------------------------------------------------------------
+    def _check_image_and_time(self, x: Any, t: Any) -> tuple[int, int]:
+        """Shape checks for x and t (no host sync); returns the patch grid (grid_h, grid_w)."""
+        check_image_batch(x, "x", channels=self.in_channels, multiple_of=self.patch_size)
+        check_tensor(t, "t", floating=True)
+        if t.ndim != 1 or t.shape[0] != x.shape[0]:
+            raise ValueError(f"t must have shape ({x.shape[0]},) (one time per image), got {tuple(t.shape)}.")
+        return x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+
+    def _check_values(self, t: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        """t in [0, 1] and labels in [0, num_classes], with a single host sync; details only on failure."""
+        bad = [~((t >= 0) & (t <= 1))]  # NaN fails both comparisons
+        if labels is not None:
+            bad.append((labels < 0) | (labels > self.num_classes))
+        flags = torch.stack([b.any() for b in bad]).tolist()
+        if flags[0]:
+            check_timesteps(t, t.shape[0])
+        if labels is not None and flags[1]:
+            check_labels(labels, self.num_classes, "y")
+
+    def _check_return_layer(self, return_layer: int | None, depth: int) -> None:
+        if return_layer is not None and (not isinstance(return_layer, int) or not 0 <= return_layer <= depth):
+            raise ValueError(f"return_layer must be an integer block index in [0, {depth}], got {return_layer!r}.")
+
+    def extra_repr(self) -> str:
+        return f"arch={self.arch!r}, config={self.config}"

@@ -1,0 +1,36 @@
+"""RMSNorm with float32 statistics (spec §2.6, §3.4)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["RMSNorm"]
+
+
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x²) + eps) · weight``, computed in float32 and cast back to the input dtype.
+
+    Keeping the statistics in float32 matters under bf16/fp16 autocast: squaring fp16 activations of a few
+    hundred already overflows, and bf16 means lose several digits.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = True):
+        super().__init__()
+        if dim <= 0:
+            raise ValueError(f"RMSNorm needs a positive dimension, got {dim}.")
+        self.dim = dim
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"RMSNorm over {self.dim} channels got an input whose last dimension is {x.shape[-1]}.")
+        x32 = x.float()
+        out = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.weight is not None:
+            out = out * self.weight.float()
+        return out.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}, affine={self.weight is not None}"
