@@ -1,1 +1,56 @@
-"""(filled in by its issue)"""
+"""Training: the :class:`Trainer` loop, its configuration, EMA, checkpoints and distributed set-up.
+
+Quick start (single process; ``torchrun --nproc_per_node=N`` runs the same code on N processes)::
+
+    from pixelgen.train import TrainConfig, train
+    cfg = TrainConfig()                       # PixelGen-XL/16 on ImageNet 256, the paper's settings
+    cfg.data.root = "/path/to/imagenet/train"
+    train(cfg, resume="auto")
+
+Recipes (``recipes/imagenet256.py``) build the config from a preset plus ``--set key=value`` overrides.
+"""
+
+from .checkpointing import CheckpointManager, capture_rng_state, load_training_checkpoint, restore_rng_state
+from .config import (
+    DataConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimConfig,
+    SampleConfig,
+    TrainConfig,
+    apply_overrides,
+    parse_override_value,
+)
+from .distributed import DistInfo, setup_distributed
+from .ema import EMA
+from .metrics import MetricsLogger, plot_loss_curve, read_metrics, save_image_grid
+from .trainer import Trainer, TrainingDiverged, TrainModules, TrainResult, autocast_dtype_for, sample_seeds, train
+
+__all__ = [
+    "CheckpointManager",
+    "DataConfig",
+    "DistInfo",
+    "EMA",
+    "MetricsLogger",
+    "ModelConfig",
+    "ObjectiveConfig",
+    "OptimConfig",
+    "SampleConfig",
+    "TrainConfig",
+    "TrainModules",
+    "TrainResult",
+    "Trainer",
+    "TrainingDiverged",
+    "apply_overrides",
+    "autocast_dtype_for",
+    "capture_rng_state",
+    "load_training_checkpoint",
+    "parse_override_value",
+    "plot_loss_curve",
+    "read_metrics",
+    "restore_rng_state",
+    "sample_seeds",
+    "save_image_grid",
+    "setup_distributed",
+    "train",
+]

@@ -1,0 +1,57 @@
+"""Exponential moving average of the model weights (spec §6.3).
+
+``ema ← decay·ema + (1 − decay)·θ`` over the trainable parameters, in fp32, once per optimiser step, with
+``torch._foreach_*`` kernels. No warm-up and no bias correction, as the original; buffers are not averaged
+(the original averaged ``parameters()`` only).
+
+The average lives in a full copy of the model (``ema.model``), which is what sample grids and exports use.
+Under FSDP2 the copy is sharded like the model, so each rank averages its own shards locally.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+__all__ = ["EMA"]
+
+
+class EMA:
+    """Keeps ``model``'s fp32 exponential moving average in ``self.model`` (eval mode, no gradients)."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, *, shadow: nn.Module | None = None):
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"EMA decay must lie in [0, 1], got {decay}.")
+        self.decay = float(decay)
+        self.model = shadow if shadow is not None else copy.deepcopy(model)
+        self.model.to(torch.float32).eval().requires_grad_(False)
+        self._pairs = self._match(model)
+
+    def _match(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        ema_params = dict(self.model.named_parameters())
+        live, avg = [], []
+        for name, p in model.named_parameters():
+            if name not in ema_params:
+                raise KeyError(f"The EMA copy has no parameter {name!r}; it must be a copy of the trained model.")
+            if p.requires_grad:  # frozen ones (pos_embed) never change, so averaging them is a no-op
+                live.append(p)
+                avg.append(ema_params[name])
+        return live, avg
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """One EMA step; call once per optimiser step (not per micro-batch)."""
+        live, avg = self._pairs
+        if not live:
+            return
+        source = [p.detach().to(torch.float32) if p.dtype != torch.float32 else p.detach() for p in live]
+        torch._foreach_mul_(avg, self.decay)
+        torch._foreach_add_(avg, source, alpha=1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)

@@ -1,0 +1,118 @@
+"""Small stand-ins for the trainer tests: a dataset of fixed random images and a seeded flow-matching objective.
+
+``SeededFlowMatching`` follows the objective contract and, when the batch carries ``seeds``, draws each sample's
+t, noise and condition drop from its own generator, which is what makes a 2-process run equal a 1-process run
+with the doubled batch. ``NaNAt`` wraps an objective and returns a NaN term at chosen calls.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RandomImages(torch.utils.data.Dataset):
+    """``n`` fixed images (3, size, size) in [-1, 1] with labels ``i % num_classes``."""
+
+    def __init__(self, n: int = 32, size: int = 16, num_classes: int = 4, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.rand(n, 3, size, size, generator=g) * 2 - 1
+        self.num_classes = num_classes
+        self.class_names = [f"class {i}" for i in range(num_classes)]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        x = self.images[i]
+        return {"image": x, "raw": (x + 1) / 2, "label": i % self.num_classes}
+
+
+class StubBackbone(nn.Module):
+    """A tiny patch-MLP with the backbone contract (``forward(x, t, y, *, return_layer)``, ``final_layer``)."""
+
+    arch = "stub"
+
+    def __init__(self, num_classes: int = 4, size: int = 16, patch: int = 4, hidden: int = 32):
+        super().__init__()
+        self.num_classes, self.input_size, self.patch_size, self.hidden_size, self.in_channels = num_classes, size, patch, hidden, 3
+        self.config = {"num_classes": num_classes, "input_size": size, "patch_size": patch, "hidden_size": hidden}
+        self.embed = nn.Conv2d(3, hidden, patch, stride=patch)
+        self.pos_embed = nn.Parameter(torch.zeros(1, (size // patch) ** 2, hidden), requires_grad=False)
+        self.y_embed = nn.Embedding(num_classes + 1, hidden)
+        self.t_embed = nn.Linear(1, hidden)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.GELU()) for _ in range(2))
+        self.final_layer = nn.Module()
+        self.final_layer.linear = nn.Linear(hidden, patch * patch * 3)
+
+    def forward(self, x, t, y, *, return_layer=None):
+        b, p, g = x.shape[0], self.patch_size, self.input_size // self.patch_size
+        h = self.embed(x).flatten(2).transpose(1, 2) + self.pos_embed
+        c = (self.y_embed(y) + self.t_embed(t.view(-1, 1).to(h.dtype))).unsqueeze(1)
+        feat = None
+        for i, block in enumerate(self.blocks):
+            if return_layer == i + 1:
+                feat = h
+            h = h + block(h + c)
+        out = self.final_layer.linear(h).view(b, g, g, 3, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, 3, g * p, g * p)
+        return (out, feat) if return_layer is not None else out
+
+
+def tiny_jit(num_classes: int = 4, size: int = 16, **overrides):
+    import pixelgen
+
+    cfg = dict(input_size=size, patch_size=4, hidden_size=32, depth=2, num_heads=2, num_classes=num_classes,
+               bottleneck_dim=16, in_context_len=2, in_context_start=1)
+    cfg.update(overrides)
+    return pixelgen.build_model("jit", **cfg)
+
+
+class SeededFlowMatching(nn.Module):
+    """x-prediction flow matching (spec §4.3) plus a small trainable projector, with per-sample seeds."""
+
+    def __init__(self, null_p: float = 0.1, hidden: int = 32):
+        super().__init__()
+        self.null_p = null_p
+        self.proj = nn.Linear(hidden, 8)
+
+    def _draws(self, batch: dict, like: torch.Tensor):
+        b = like.shape[0]
+        if "seeds" in batch:
+            t, noise, drop = [], [], []
+            for s in batch["seeds"].tolist():
+                g = torch.Generator().manual_seed(int(s))
+                t.append(torch.sigmoid(torch.randn((), generator=g) * 0.8 - 0.8))
+                noise.append(torch.randn(like.shape[1:], generator=g))
+                drop.append(torch.rand((), generator=g) < self.null_p)
+            return torch.stack(t), torch.stack(noise), torch.stack(drop)
+        t = torch.sigmoid(torch.randn(b) * 0.8 - 0.8)
+        return t, torch.randn(like.shape), torch.rand(b) < self.null_p
+
+    def forward(self, model, batch, step=0):
+        x, y = batch["image"], batch["cond"]
+        t, noise, drop = (v.to(x.device) for v in self._draws(batch, x))
+        y = torch.where(drop, torch.full_like(y, model.num_classes), y)
+        tb = t.view(-1, 1, 1, 1)
+        x_t = tb * x + (1 - tb) * noise
+        x_hat, feat = model(x_t, t, y, return_layer=1)
+        fm = ((x_hat - x) ** 2 / (1 - tb).clamp_min(0.05) ** 2).mean()
+        align = self.proj(feat).pow(2).mean() * 1e-3
+        return {"fm_loss": fm.detach(), "align": align.detach(), "loss": fm + align}
+
+
+class NaNAt(nn.Module):
+    """Wraps an objective; on the listed call numbers (0-based) the ``fm_loss`` term becomes NaN."""
+
+    def __init__(self, inner: nn.Module, bad_calls: set[int]):
+        super().__init__()
+        self.inner = inner
+        self.bad_calls = set(bad_calls)
+        self.calls = 0
+
+    def forward(self, model, batch, step=0):
+        out = self.inner(model, batch, step=step)
+        if self.calls in self.bad_calls:
+            nan = torch.tensor(float("nan"))
+            out = {**out, "fm_loss": nan, "loss": out["loss"] + nan}
+        self.calls += 1
+        return out
