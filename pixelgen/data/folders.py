@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # The original's caption folder pairs only these (compared case-insensitively, which covers its ".JPEG").
 CAPTION_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# Sub-folder names that mean "dataset root given instead of a split" rather than classes.
+_SPLIT_NAMES = {"train", "val", "validation", "test"}
 
 
 def _check_folder(root: object, what: str) -> Path:
@@ -63,10 +65,14 @@ class ImageFolderDataset(Dataset):
         self.flip = bool(flip)
         self.classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir())
         if not self.classes:
-            hint = " (it has a 'train' sub-folder: point at that)" if (self.root / "train").is_dir() else ""
             raise ValueError(
                 f"The image folder '{self.root}' has no class sub-folders; it must hold one sub-folder of images "
-                f"per class{hint}."
+                "per class."
+            )
+        if set(self.classes) <= _SPLIT_NAMES:
+            raise ValueError(
+                f"The image folder '{self.root}' holds the splits {', '.join(self.classes)} rather than class "
+                "folders; point it at the split to use, e.g. its 'train' folder."
             )
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.samples: list[tuple[Path, int]] = []
