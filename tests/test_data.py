@@ -340,6 +340,16 @@ def test_loader_with_workers_and_checks():
     assert loader.loader.pin_memory == torch.cuda.is_available()
     labels = sorted(i for b in loader for i in b["label"].tolist())
     assert labels == sorted(data.label(i) for i in range(len(data)))
+    # Stopping early and iterating again continues from the position, although workers prefetched ahead.
+    reference = build_loader(data, 5, num_workers=0, seed=0)
+    reference.sampler.set_epoch(1)  # the worker loader has finished epoch 0
+    expected = [b["label"].tolist() for b in reference]
+    got = []
+    for batch in loader:
+        got.append(batch["label"].tolist())
+        break
+    got += [b["label"].tolist() for b in loader]
+    assert got == expected
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         build_loader(data, 0)
     with pytest.raises(ValueError, match="the dataset has 20 samples and batch_size is 4"):
