@@ -311,12 +311,25 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------------------
     def _batches(self) -> Iterator[dict[str, Any]]:
         while True:
+            self._seed_loader_iterator()
             empty = True
             for batch in self.loader:
                 empty = False
                 yield batch
             if empty:
                 raise RuntimeError("The data loader yielded no batch for a whole epoch; the dataset is empty.")
+
+    def _seed_loader_iterator(self) -> None:
+        """Give the DataLoader a generator seeded by (seed, rank, epoch) before each epoch's iterator is made.
+
+        A DataLoader draws its workers' base seed from the global torch RNG whenever an iterator is created;
+        a resumed run creates one at a different moment than an uninterrupted run, which would shift every
+        later random draw. With its own per-epoch generator the global stream stays untouched.
+        """
+        inner = getattr(self.loader, "loader", self.loader)
+        if isinstance(inner, torch.utils.data.DataLoader):
+            epoch = int(getattr(getattr(self.loader, "sampler", None), "epoch", 0))
+            inner.generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.dist.rank * 7919 + epoch)
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
