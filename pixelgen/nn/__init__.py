@@ -1,6 +1,6 @@
 """Layers shared by the JiT backbones: RMSNorm, SwiGLU, sin-cos tables, timestep embedding, 2-D RoPE, attention."""
 
-from .attention import ATTENTION_BACKENDS, attention, check_backend, xformers_status
+from .attention_backends import ATTENTION_BACKENDS, attention, check_backend, xformers_status
 from .embeddings import TimestepEmbedder, sincos_2d_table, timestep_features
 from .mlp import SwiGLU, swiglu_hidden_size
 from .norm import RMSNorm

@@ -41,11 +41,11 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def _log_once(reason: str, requested: str) -> None:
+def _log_once(reason: str, requested: str, *, broken: bool = False) -> None:
     if reason in _logged:
         return
     _logged.add(reason)
-    level = logging.WARNING if requested == "xformers" else logging.INFO
+    level = logging.WARNING if requested == "xformers" or broken else logging.INFO
     log.log(level, "attention: using PyTorch SDPA instead of xformers because %s.", reason)
 
 
@@ -68,11 +68,15 @@ def xformers_status() -> str:
     return _xformers_disabled or "usable"
 
 
+def _on_cuda(t: torch.Tensor) -> bool:
+    return t.device.type == "cuda"
+
+
 def _xformers_refusal(q: torch.Tensor, key_padding_mask: torch.Tensor | None) -> str | None:
     """Why xformers cannot take this call (None when it can)."""
-    if _load_xformers() is None:
+    if _load_xformers() is None or _xformers_disabled is not None:
         return _xformers_disabled
-    if q.device.type != "cuda":
+    if not _on_cuda(q):
         return f"the tensors are on {q.device.type}, not CUDA"
     if q.dtype not in (torch.float16, torch.bfloat16):
         return f"the tensors are {q.dtype}, not float16/bfloat16"
@@ -135,6 +139,7 @@ def attention(
         return _math(q, k, v, dropout_p, key_padding_mask)
     if backend in ("auto", "xformers"):
         refusal = _xformers_refusal(q, key_padding_mask)
+        broken = False
         if refusal is None:
             try:
                 return _xformers(q, k, v, dropout_p)
@@ -142,6 +147,6 @@ def attention(
                 global _xformers_disabled
                 first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 _xformers_disabled = f"xformers failed on a first call and is disabled for good ({first_line})"
-                refusal = _xformers_disabled
-        _log_once(refusal, backend)
+                refusal, broken = _xformers_disabled, True
+        _log_once(refusal, backend, broken=broken)
     return _sdpa(q, k, v, dropout_p, key_padding_mask)
