@@ -1,0 +1,119 @@
+"""Frozen LPIPS (the ``lpips`` package) with its ImageNet trunk resolved offline-first (spec §4.5).
+
+The package builds its trunk through torchvision, which would download the ImageNet weights on the spot.
+We build it with a random trunk instead (no download), then load the trunk weights found by the weight
+resolution rule (``vgg16-397923af.pth`` etc. in the torch hub cache, where torchvision itself keeps them).
+The calibrated linear heads ship inside the package and are always loaded from it.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ..registry import registries
+from ..utils.checks import check_image_batch, check_same_shape
+from ..utils.hub import WeightSource
+from .base import FrozenEncoder, WeightsSpec, check_pixel_range, load_weight_file, parse_dtype, resolve_encoder_weights
+
+__all__ = ["LPIPSEncoder", "LPIPS_TRUNKS", "lpips_weight_source"]
+
+# trunk -> (torchvision file, HF repo holding the same torchvision weights under the same `features.*` names)
+LPIPS_TRUNKS: dict[str, tuple[str, str | None]] = {
+    "vgg": ("vgg16-397923af.pth", "timm/vgg16.tv_in1k"),
+    "alex": ("alexnet-owt-7be5be79.pth", None),
+    "squeeze": ("squeezenet1_1-b8a52dc0.pth", None),
+}
+# Smallest image side each trunk accepts (its pooling pyramid collapses below this).
+MIN_SIDE = {"vgg": 16, "alex": 31, "squeeze": 17}
+
+
+def lpips_weight_source(net: str) -> WeightSource:
+    filename, hf_repo = LPIPS_TRUNKS[net]
+    return WeightSource(
+        filename=filename,
+        url=f"https://download.pytorch.org/models/{filename}",
+        hf_repo=hf_repo,
+        hf_filename="model.safetensors" if hf_repo else None,
+        description=f"the LPIPS {net} trunk (torchvision ImageNet weights)",
+        option=f"build_encoder('lpips', net='{net}', weights=<path>) (objective: encoders={{'lpips': {{'weights': <path>}}}})",
+    )
+
+
+class LPIPSEncoder(FrozenEncoder):
+    """Frozen LPIPS v0.1; ``forward(pred, target)`` -> per-sample distances (B,), inputs in [-1, 1].
+
+    Args:
+        net: trunk, ``vgg`` (PixelGen's choice), ``alex`` or ``squeeze``.
+        weights: the trunk's ImageNet weights: ``None`` (resolution rule), ``"random"`` (random trunk; the
+            package's linear heads are still loaded), or a path to a torchvision (or timm ``features.*``) file.
+        dtype / device: where the frozen network lives (outputs are float32).
+    """
+
+    def __init__(
+        self,
+        net: str = "vgg",
+        *,
+        weights: WeightsSpec = None,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+    ):
+        super().__init__()
+        if net not in LPIPS_TRUNKS:
+            raise KeyError(f"Unknown LPIPS trunk '{net}'; choose one of {', '.join(LPIPS_TRUNKS)}.")
+        import lpips
+
+        self.net = net
+        path = resolve_encoder_weights(weights, lpips_weight_source(net))
+        with warnings.catch_warnings():  # torchvision's deprecation notice for the package's `pretrained=` call
+            warnings.simplefilter("ignore")
+            self.metric = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+        if path is not None:
+            self._load_trunk(path)
+        self.freeze(parse_dtype(dtype), device)
+
+    def _load_trunk(self, path) -> None:
+        trunk = self.metric.net
+        # The package splits torchvision's `features` Sequential into slices but keeps the layer indices as names.
+        slice_of = {index: slice_name for slice_name, part in trunk.named_children() for index, _ in part.named_children()}
+        state = {}
+        for key, value in load_weight_file(path).items():
+            head, _, rest = key.partition(".")
+            index, _, leaf = rest.partition(".")
+            if head == "features" and index in slice_of:
+                state[f"{slice_of[index]}.{index}.{leaf}"] = value
+        own = trunk.state_dict()
+        missing = sorted(set(own) - set(state))
+        wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+        if missing or wrong:
+            keys = missing or wrong
+            raise ValueError(
+                f"The weights in {path} do not fit the LPIPS {self.net} trunk ({'missing' if missing else 'wrong shape'}: "
+                f"{', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}); expected torchvision '{LPIPS_TRUNKS[self.net][0]}'."
+            )
+        trunk.load_state_dict(state)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, *, check_range: bool = True) -> torch.Tensor:
+        """Per-sample LPIPS (B,) between ``pred`` and ``target`` (B, 3, H, W) in [-1, 1].
+
+        Only ``target`` is range-checked (``check_range``): predictions are used unclamped, as in the original.
+        """
+        check_image_batch(pred, "LPIPS prediction", channels=3)
+        check_same_shape(pred, target, "LPIPS prediction", "LPIPS target")
+        side = min(pred.shape[-2:])
+        if side < MIN_SIDE[self.net]:
+            raise ValueError(f"LPIPS-{self.net} needs images of at least {MIN_SIDE[self.net]} px per side, got {pred.shape[-2]}x{pred.shape[-1]}.")
+        if check_range:
+            check_pixel_range(target, "The LPIPS target", (-1.0, 1.0))
+        dist = self.metric(pred.to(self.dtype), target.to(self.dtype))
+        return dist.reshape(pred.shape[0]).float()
+
+    def extra_repr(self) -> str:
+        return f"net={self.net}"
+
+
+@registries.encoder.register("lpips", family="lpips")
+def build_lpips(**options) -> LPIPSEncoder:
+    """Frozen LPIPS v0.1 (VGG by default; net='alex'|'squeeze'), inputs in [-1, 1]."""
+    return LPIPSEncoder(**options)

@@ -1,0 +1,300 @@
+"""The PixelGen training objective: weighted loss terms, noise gating, adaptive perceptual weight (spec §4)."""
+
+from __future__ import annotations
+
+import inspect
+from types import MappingProxyType
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..encoders import build_encoder
+from ..encoders.base import check_pixel_range
+from ..registry import registries
+from ..utils.checks import check_image_batch, check_labels, check_same_shape, check_timesteps
+from .balancer import Balancer
+from .context import LossContext
+from .path import _draw, drop_condition, interpolate, sample_t
+
+__all__ = ["Objective", "GATING_COMPUTE", "DEFAULT_ENCODERS", "UPSTREAM_LOG_NAMES"]
+
+GATING_COMPUTE = ("subset", "masked")
+# Role of a frozen encoder -> the registered encoder built for it unless the objective is told otherwise.
+DEFAULT_ENCODERS = {"dinov2": "dinov2_vitb14", "lpips": "lpips"}
+# Our output keys -> the keys the original trainer logged (spec §4.9), for comparing training curves.
+UPSTREAM_LOG_NAMES = {"flow_matching": "fm_loss", "repa": "cos_loss", "lpips": "lpips_loss", "pdino": "dino_percept_loss", "percept_weight": "percept_weight", "loss": "loss"}
+
+
+class Objective(nn.Module):
+    """Weighted sum of loss terms, evaluated on one training batch.
+
+    ``L = Σ_plain λ_i·term_i + percept_ratio · w · Σ_perceptual λ_i·term_i`` where w is the :class:`Balancer`'s
+    weight (1 unless the adaptive weight is enabled). ``objective(model, batch, step=global_step)`` samples t,
+    noise and condition dropout, runs the model once (with ``return_layer`` when a term needs the hidden
+    tokens) and returns ``{term name: value, "percept_weight": w, "loss": total}`` (0-dim tensors; only
+    ``loss`` carries a graph). Use :func:`pixelgen.losses.build_objective` for the paper's presets.
+
+    Frozen encoders (DINOv2, LPIPS) are shared by the terms that need them, move with ``.to()``, and are kept
+    out of ``state_dict()`` and ``parameters()``: only trainable parts (the REPA projector) and the balancer's
+    state are saved.
+
+    Args:
+        losses: registered loss-term names (``registries.loss``), plugins included.
+        weights: λ per term name; unnamed terms use their ``default_weight`` (1, 0.5, 0.1, 0.01).
+        hidden_size: backbone width, for the REPA projector.
+        align_layer: ``return_layer`` passed to the backbone for REPA (8 in PixelGen).
+        percept_t_threshold: gated terms use only samples with t ≥ this (0.3); ``None`` disables gating.
+        gating_compute: ``"subset"`` (default) runs a gated term's encoders on the gated-in samples only;
+            ``"masked"`` runs them on the whole batch and averages with the mask (static shapes, e.g. for
+            CUDA graphs). Both give the same value and gradients.
+        pdino_gating: ``"original"`` (default, the upstream broadcast behaviour) or ``"intended"``; see
+            :class:`~pixelgen.losses.terms.PDinoTerm`.
+        percept_ratio: extra factor on the perceptual sum (1).
+        balancer: a :class:`Balancer`, its keyword arguments as a dict, or ``None`` (w stays 1).
+        balance_against: the term whose gradient the balancer matches (``"flow_matching"``).
+        time_distribution / p_mean / p_std / time_shift: training-time distribution (spec §4.2).
+        t_eps: the x->v clamp of flow matching (0.05). noise_scale: std of ε (1).
+        cond_drop_prob: CFG condition dropout (0.1); labels -> ``model.num_classes``, text -> ``batch['uncond']``.
+        encoders: per role (``"dinov2"``, ``"lpips"``), a built encoder module or ``build_encoder`` arguments
+            (``{"name": ..., "weights": ..., "dtype": ...}``); missing roles are built with defaults.
+        term_options: per term name, keyword arguments for its constructor.
+        check_finite: fail naming the term when a term is NaN or infinite (one device sync per step).
+    """
+
+    def __init__(
+        self,
+        losses: Sequence[str] = ("flow_matching", "repa", "lpips", "pdino"),
+        *,
+        weights: Mapping[str, float] | None = None,
+        hidden_size: int | None = None,
+        align_layer: int = 8,
+        percept_t_threshold: float | None = 0.3,
+        gating_compute: str = "subset",
+        pdino_gating: str = "original",
+        percept_ratio: float = 1.0,
+        balancer: Balancer | Mapping[str, Any] | None = None,
+        balance_against: str = "flow_matching",
+        time_distribution: str = "logit_normal",
+        p_mean: float = -0.8,
+        p_std: float = 0.8,
+        time_shift: float = 1.0,
+        t_eps: float = 0.05,
+        noise_scale: float = 1.0,
+        cond_drop_prob: float = 0.1,
+        encoders: Mapping[str, nn.Module | Mapping[str, Any]] | None = None,
+        term_options: Mapping[str, Mapping[str, Any]] | None = None,
+        check_finite: bool = True,
+    ):
+        super().__init__()
+        losses = [losses] if isinstance(losses, str) else list(losses)
+        if not losses or len(set(losses)) != len(losses) or not all(isinstance(n, str) for n in losses):
+            raise ValueError(f"losses must be a non-empty list of distinct loss-term names, got {losses!r}.")
+        if gating_compute not in GATING_COMPUTE:
+            raise ValueError(f"gating_compute must be one of {', '.join(GATING_COMPUTE)}, got {gating_compute!r}.")
+        if percept_t_threshold is not None and not 0.0 <= percept_t_threshold <= 1.0:
+            raise ValueError(f"percept_t_threshold must lie in [0, 1] or be None, got {percept_t_threshold!r}.")
+        if not 0.0 <= cond_drop_prob <= 1.0:
+            raise ValueError(f"cond_drop_prob must lie in [0, 1], got {cond_drop_prob!r}.")
+        term_options = dict(term_options or {})
+        for key, holder in (("term_options", term_options), ("weights", dict(weights or {}))):
+            stray = sorted(set(holder) - set(losses))
+            if stray:
+                raise ValueError(f"{key} names term(s) {', '.join(stray)} that are not in losses ({', '.join(losses)}).")
+
+        self.terms = nn.ModuleDict()
+        for name in losses:
+            options = dict(term_options.get(name, {}))
+            if name == "flow_matching":
+                options.setdefault("t_eps", t_eps)
+            if name == "pdino":
+                options.setdefault("gating", pdino_gating)
+            term = registries.loss.build(name, **options)
+            if not isinstance(term, nn.Module):
+                raise TypeError(f"Loss term '{name}' must build an nn.Module, got {type(term).__name__}.")
+            self.terms[name] = term
+        self.weights = {n: float((weights or {}).get(n, getattr(t, "default_weight", 1.0))) for n, t in self.terms.items()}
+
+        self._frozen: dict[str, nn.Module] = self._build_encoders(dict(encoders or {}))
+        for term in self.terms.values():
+            if hasattr(term, "setup"):
+                term.setup(encoders=MappingProxyType(self._frozen), hidden_size=hidden_size)
+
+        self.balancer = balancer if isinstance(balancer, Balancer) else Balancer(**dict(balancer)) if balancer else Balancer(start_step=None)
+        if self.balancer.start_step is not None and balance_against not in self.terms:
+            raise ValueError(f"The adaptive perceptual weight balances against '{balance_against}', which is not in losses.")
+        self.hidden_size, self.align_layer = hidden_size, align_layer
+        self.percept_t_threshold, self.gating_compute = percept_t_threshold, gating_compute
+        self.percept_ratio, self.balance_against = float(percept_ratio), balance_against
+        self.time = dict(distribution=time_distribution, p_mean=p_mean, p_std=p_std, shift=time_shift)
+        self.noise_scale, self.cond_drop_prob, self.check_finite = float(noise_scale), float(cond_drop_prob), check_finite
+        self.needs_feature = any(getattr(t, "needs_feature", False) for t in self.terms.values())
+
+    # -- frozen encoders --------------------------------------------------------------------------------
+    def _build_encoders(self, specs: dict[str, Any]) -> dict[str, nn.Module]:
+        roles = list(dict.fromkeys(r for t in self.terms.values() for r in getattr(t, "requires", ())))
+        stray = sorted(set(specs) - set(roles))
+        if stray:
+            raise ValueError(f"encoders names role(s) {', '.join(stray)} that no loss term uses (used: {', '.join(roles) or 'none'}).")
+        built = {}
+        for role in roles:
+            spec = specs.get(role)
+            if isinstance(spec, nn.Module):
+                encoder = spec.eval().requires_grad_(False)
+            else:
+                options = dict(spec or {})
+                encoder = build_encoder(options.pop("name", DEFAULT_ENCODERS.get(role, role)), **options)
+            built[role] = encoder
+        return built
+
+    @property
+    def encoders(self) -> Mapping[str, nn.Module]:
+        """The frozen encoders by role (not submodules: absent from ``state_dict()`` and ``parameters()``)."""
+        return MappingProxyType(self._frozen)
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to() / .cuda() / .half() reach the frozen encoders although they are outside the module tree.
+        super()._apply(fn, recurse)
+        for encoder in self._frozen.values():
+            encoder._apply(fn, recurse)
+        return self
+
+    # -- balancer state ---------------------------------------------------------------------------------
+    def balancer_state(self) -> dict[str, Any]:
+        """The adaptive weight's state (also stored in ``state_dict()`` as ``balancer._extra_state``)."""
+        return self.balancer.get_extra_state()
+
+    def load_balancer_state(self, state: Mapping[str, Any]) -> None:
+        self.balancer.set_extra_state(dict(state))
+
+    def load_upstream_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Load the REPA projector from an original Lightning state dict (``diffusion_trainer.proj.*``)."""
+        if "repa" not in self.terms:
+            raise KeyError("This objective has no 'repa' term to load projector weights into.")
+        self.terms["repa"].load_upstream_state(state)
+
+    # -- evaluation -------------------------------------------------------------------------------------
+    def forward(self, model: nn.Module, batch: Mapping[str, Any], *, step: int | None = None, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """One objective evaluation on ``batch`` (``image`` in [-1, 1], ``raw`` in [0, 1], ``cond``, optional ``uncond``).
+
+        ``raw`` defaults to ``(image + 1) / 2`` when absent. ``step`` is the global step (for the balancer);
+        ``generator`` makes t, noise and dropout reproducible. With ``batch['seeds']`` ((B,) int64, the trainer's
+        ``per_sample_noise``) sample i's t, noise and dropout come from a CPU generator seeded with ``seeds[i]``
+        (in that order), independent of how a global batch is split across processes.
+        """
+        if not isinstance(batch, Mapping):
+            raise TypeError(f"batch must be a dict with 'image', 'raw' and 'cond', got {type(batch).__name__}.")
+        missing = [k for k in ("image", "cond") if k not in batch]
+        if missing:
+            raise KeyError(f"batch lacks {', '.join(repr(k) for k in missing)} (it needs 'image', 'raw' and 'cond').")
+        image = batch["image"]
+        check_image_batch(image, "batch['image']", channels=3)
+        raw = batch.get("raw")
+        if raw is None:
+            raw = (image + 1.0) / 2.0
+        cond = batch["cond"]
+        if not isinstance(cond, torch.Tensor) or cond.ndim < 1 or cond.shape[0] != image.shape[0]:
+            raise ValueError(f"batch['cond'] must be a tensor with one condition per image ({image.shape[0]}), got {getattr(cond, 'shape', type(cond).__name__)}.")
+        num_classes = getattr(model, "num_classes", None)
+        if not cond.is_floating_point() and num_classes is not None:
+            check_labels(cond, num_classes, "batch['cond']", batch=image.shape[0])
+        t_draws, noise, drop_draws = _random_draws(image, batch.get("seeds"), self.time["distribution"], generator)
+        t = sample_t(image.shape[0], device=image.device, generator=generator, draws=t_draws, **self.time)
+        noise = noise * self.noise_scale
+        cond = drop_condition(cond, self.cond_drop_prob, null_label=num_classes, uncond=batch.get("uncond"), generator=generator, draws=drop_draws)
+        return self.evaluate(model, image, raw, cond, t, noise, step=step)
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        image: torch.Tensor,
+        raw: torch.Tensor,
+        cond: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        *,
+        step: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The objective at given times ``t`` and ``noise`` (no sampling, no condition dropout)."""
+        check_image_batch(image, "image", channels=3)
+        check_same_shape(raw, image, "raw", "image")
+        check_pixel_range(image, "The training image", (-1.0, 1.0))
+        check_pixel_range(raw, "The raw training image", (0.0, 1.0))
+        check_timesteps(t, image.shape[0])
+        x_t = interpolate(image, noise, t)
+        feature = None
+        if self.needs_feature:
+            out = model(x_t, t, cond, return_layer=self.align_layer)
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise TypeError(f"With return_layer the model must return (x_hat, feature), got {type(out).__name__}.")
+            x_hat, feature = out
+        else:
+            x_hat = model(x_t, t, cond)
+        check_same_shape(x_hat, image, "The model's prediction x_hat", "the clean image x")
+        gate = None if self.percept_t_threshold is None else t >= self.percept_t_threshold
+        ctx = LossContext(x=image, raw=raw, x_t=x_t, t=t, x_hat=x_hat, feature=feature, gate=gate, encoders=self.encoders)
+
+        values = {name: self._term_value(name, term, ctx) for name, term in self.terms.items()}
+        if self.check_finite:
+            stacked = torch.stack([v.detach().float() for v in values.values()])
+            if not bool(torch.isfinite(stacked).all()):
+                bad = [f"'{n}' ({float(v):.4g})" for n, v in values.items() if not torch.isfinite(v.detach()).all()]
+                raise FloatingPointError(f"Loss term {', '.join(bad)} is NaN or infinite.")
+
+        plain = [self.weights[n] * v for n, v in values.items() if not getattr(self.terms[n], "perceptual", False)]
+        percept = [self.weights[n] * v for n, v in values.items() if getattr(self.terms[n], "perceptual", False)]
+        total = sum(plain[1:], plain[0]) if plain else torch.zeros((), device=image.device)
+        if percept:
+            percept_sum = sum(percept[1:], percept[0])
+            if self.balancer.due(step) and torch.is_grad_enabled():
+                self.balancer.update(model, values[self.balance_against], percept_sum)
+            total = total + self.percept_ratio * self.balancer.weight * percept_sum
+        out = {name: v.detach() for name, v in values.items()}
+        out["percept_weight"] = torch.tensor(self.balancer.weight, device=image.device)
+        out["loss"] = total
+        return out
+
+    def _term_value(self, name: str, term: nn.Module, ctx: LossContext) -> torch.Tensor:
+        if getattr(term, "gated", False) and ctx.gate is not None:
+            value = self._gated_value(term, ctx)
+        else:
+            value = term(ctx)
+        if not isinstance(value, torch.Tensor) or value.ndim != 0:
+            raise TypeError(f"Loss term '{name}' must return a 0-dim tensor, got {getattr(value, 'shape', type(value).__name__)}.")
+        return value.float()
+
+    def _gated_value(self, term: nn.Module, ctx: LossContext) -> torch.Tensor:
+        assert ctx.gate is not None
+        if self.gating_compute == "masked":
+            return term(ctx.masked(ctx.gate))
+        index = ctx.gate.nonzero().squeeze(1)
+        if index.numel() == 0:
+            return torch.zeros((), device=ctx.x.device)
+        if index.numel() == ctx.batch_size:
+            return term(ctx)
+        return term(ctx.subset(index))
+
+    def extra_repr(self) -> str:
+        terms = ", ".join(f"{n}×{w:g}{' (gated)' if getattr(self.terms[n], 'gated', False) else ''}" for n, w in self.weights.items())
+        return f"terms=[{terms}], percept_t_threshold={self.percept_t_threshold}, gating_compute={self.gating_compute!r}, encoders={list(self._frozen)}"
+
+
+def _random_draws(image: torch.Tensor, seeds: torch.Tensor | None, distribution: str, generator: torch.Generator | None):
+    """(time draws or None, standard-normal noise like ``image``, dropout draws or None)."""
+    if seeds is None:
+        return None, _draw("normal", tuple(image.shape), image.device, generator).to(image.dtype), None
+    if not isinstance(seeds, torch.Tensor) or seeds.shape != (image.shape[0],) or seeds.is_floating_point():
+        raise ValueError(f"batch['seeds'] must be an integer tensor of shape ({image.shape[0]},), got {getattr(seeds, 'shape', type(seeds).__name__)}.")
+    t_draws, noise, drops = [], [], []
+    for seed in seeds.tolist():
+        g = torch.Generator().manual_seed(int(seed))
+        t_draws.append(torch.randn((), generator=g) if distribution == "logit_normal" else torch.rand((), generator=g))
+        noise.append(torch.randn(tuple(image.shape[1:]), generator=g))
+        drops.append(torch.rand((), generator=g))
+    device = image.device
+    return torch.stack(t_draws).to(device), torch.stack(noise).to(device=device, dtype=image.dtype), torch.stack(drops).to(device)
+
+
+def objective_options() -> list[str]:
+    """Keyword arguments :class:`Objective` accepts (for clear errors on unknown overrides)."""
+    return [p for p in inspect.signature(Objective.__init__).parameters if p != "self"]
