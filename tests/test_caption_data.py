@@ -113,8 +113,9 @@ def test_shard_order_is_shuffled_per_epoch_and_stream_repeats(shards):
     data = CaptionShardDataset(folder, RES, rank=0, world_size=1, prefix_p=0.0, shuffle_buffer=0)
     assert sorted(data.shards_for(0)) == sorted(data.shards_for(1)) == data.shards
     assert any(data.shards_for(e) != data.shards_for(0) for e in range(1, 4))
-    stream = list(itertools.islice(iter(data), 3 * len(valid)))  # repeat=True: three epochs and counting
-    assert sorted(stream_caps := [s["caption"] for s in stream]) == sorted(list(valid) * 3)
+    # repeat=True: the stream goes on; here three epochs of it.
+    stream_caps = [s["caption"] for s in itertools.islice(iter(data), 3 * len(valid))]
+    assert sorted(stream_caps) == sorted(list(valid) * 3)
     assert stream_caps[: len(valid)] != stream_caps[len(valid) : 2 * len(valid)]
     again = CaptionShardDataset(folder, RES, rank=0, world_size=1, prefix_p=0.0, shuffle_buffer=0)
     assert [s["caption"] for s in itertools.islice(iter(again), len(valid))] == stream_caps[: len(valid)]
