@@ -198,7 +198,7 @@ def test_shard_sources_and_checks(shards, tmp_path):
         CaptionShardDataset(str(folder / "shard-00[012].tar"), RES, rank=0, world_size=4)
     with pytest.raises(TypeError, match="integer number of pixels"):
         CaptionShardDataset(folder, 256.0, rank=0, world_size=1)
-    assert isinstance(build_dataset("webdataset_captions", shards=folder, resolution=RES), CaptionShardDataset)
+    assert isinstance(build_dataset("webdataset_captions", root=folder, resolution=RES), CaptionShardDataset)
 
 
 # -- caption folder -------------------------------------------------------------------------------------

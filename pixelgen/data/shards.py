@@ -132,6 +132,9 @@ def shuffle_buffer(items: Iterable[Any], size: int, rng: random.Random, initial:
 class CaptionShardDataset(IterableDataset):
     """Captioned images from webdataset shards, split across ranks and DataLoader workers.
 
+    ``root`` names the shards: a folder (every ``*.tar`` / ``*.tar.gz`` below it), a file, a glob or brace
+    pattern, or a list of these (see :func:`expand_shards`); ``root`` like the other datasets' folders.
+
     Per sample: the image is the ``image_keys`` entry found first (``jpg``, else ``output_image``), the caption
     the first of ``caption_keys`` (``txt``, else ``input_prompt``); images whose short side is below
     ``resolution`` are skipped; the rest get ADM's resize + centre crop; captions of fewer than 30 words get
@@ -150,7 +153,7 @@ class CaptionShardDataset(IterableDataset):
 
     def __init__(
         self,
-        shards: str | os.PathLike | Sequence[str | os.PathLike],
+        root: str | os.PathLike | Sequence[str | os.PathLike],
         resolution: int = 256,
         *,
         shuffle_buffer: int = 20000,
@@ -166,7 +169,7 @@ class CaptionShardDataset(IterableDataset):
     ) -> None:
         super().__init__()
         self.resolution = check_resolution(resolution)
-        self.shards = expand_shards(shards)
+        self.shards = expand_shards(root)
         default_rank, default_world = rank_and_world_size()
         self.rank = default_rank if rank is None else int(rank)
         self.world_size = default_world if world_size is None else int(world_size)
