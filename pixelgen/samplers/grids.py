@@ -47,8 +47,10 @@ def uniform_grid(num_steps: int, last_step: float | None = None) -> torch.Tensor
     num_steps = _check_num_steps(num_steps)
     if last_step is None:
         last_step = 1.0 / num_steps
-    if isinstance(last_step, bool) or not isinstance(last_step, (int, float)) or not 0.0 < last_step < 1.0:
-        raise ValueError(f"last_step must lie in (0, 1), got {last_step!r}.")
+    # With one step the base grid is just [0, 1] and last_step = 1 (its default) is fine.
+    upper = 1.0 if num_steps == 1 else math.nextafter(1.0, 0.0)
+    if isinstance(last_step, bool) or not isinstance(last_step, (int, float)) or not 0.0 < last_step <= upper:
+        raise ValueError(f"last_step must lie in (0, 1) (or be 1 with a single step), got {last_step!r}.")
     base = torch.linspace(0.0, 1.0 - float(last_step), num_steps, dtype=torch.float32)
     return torch.cat([base, torch.ones(1, dtype=torch.float32)])
 

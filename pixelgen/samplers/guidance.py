@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from .grids import velocity_divisor
@@ -49,8 +50,11 @@ class GuidanceInterval:
             )
 
     def contains(self, t: float) -> bool:
-        upper_ok = t <= self.t_max if self.include_max else t < self.t_max
-        return self.t_min < t and upper_ok
+        """Compared in float32, as the original compares its float32 time tensor with the Python bounds
+        (so a grid time of float32(0.2) is *not* above a bound of 0.2)."""
+        t, lo, hi = np.float32(t), np.float32(self.t_min), np.float32(self.t_max)
+        upper_ok = t <= hi if self.include_max else t < hi
+        return bool(lo < t and upper_ok)
 
 
 class GuidedDenoiser:
@@ -88,7 +92,8 @@ class GuidedDenoiser:
         return self.scale != 1.0 and self.interval.contains(t)
 
     def _call(self, x: torch.Tensor, t: float, cond: Any) -> torch.Tensor:
-        times = torch.full((x.shape[0],), t, dtype=torch.float32, device=x.device)
+        # float32 as the original, or wider when x is (float64 for numerical tests).
+        times = torch.full((x.shape[0],), t, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
         out = self.denoiser(x, times, cond)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

@@ -173,8 +173,8 @@ class AdamsSampler(Sampler):
     The original advances t by accumulating dt in float32; that reproduces the grid to within a few ulp,
     below the 1e-5 agreement of its outputs, so the grid times are used directly.
     ``exact_final_step``: velocities are unclamped and the last step returns the guided x̂ at
-    (x_{N−1}, t_{N−1}) instead of the multistep update (a first-order final step: it lands on x̂ but caps the
-    global order at 2 for ``order`` ≥ 3).
+    (x_{N−1}, t_{N−1}) instead of the multistep update. That final step is first order, like the first
+    (startup) step, so it does not lower the global order, which the startup already holds at ≤ 2.
     """
 
     name = "adams"
