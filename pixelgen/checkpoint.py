@@ -249,12 +249,10 @@ def infer_backbone_config(
         if matching:
             preset, base = matching[0], presets[matching[0]]
             log.info("The weights match preset '%s'; taking %s from it.", preset, ", ".join(sorted(unknowable)) or "nothing")
-    for source, values in (("preset '%s'" % preset, base), ("the overrides", overrides)):
+    for source, values in ((f"preset '{preset}' says", base), ("the overrides say", overrides)):
         for key in shape_keys:
             if key in values and values[key] != inferred[key]:
-                raise CheckpointError(
-                    f"The weights have {key}={inferred[key]!r} but {source} says {values[key]!r}."
-                )
+                raise CheckpointError(f"The weights have {key}={inferred[key]!r} but {source} {values[key]!r}.")
     config = {**{k: v for k, v in base.items() if k not in inferred}, **inferred, **overrides}
     if arch == "jit" and config.get("in_context_len", 0) > 0 and "in_context_start" not in config:
         raise CheckpointError(
