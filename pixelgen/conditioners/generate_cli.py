@@ -58,7 +58,7 @@ def read_prompts(args) -> list[str]:
 
 
 def run(args) -> int:
-    from torchvision.io import write_png
+    from PIL import Image
 
     from .pipeline import TextToImagePipeline, save_trajectory_gif
 
@@ -88,7 +88,7 @@ def run(args) -> int:
     lines = []
     for n, (image, prompt) in enumerate(zip(result.images, result.prompts)):
         stem = f"{n // args.num:03d}_{n % args.num:02d}_{_slug(prompt)}"
-        write_png(image, str(out / f"{stem}.png"))
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(out / f"{stem}.png")
         record = {"file": f"{stem}.png", "prompt": prompt, "negative_prompt": args.negative_prompt, "seed": args.seed, "index": n, **settings}
         if result.trajectories is not None:
             save_trajectory_gif(result.trajectories[n], out / f"{stem}.gif")

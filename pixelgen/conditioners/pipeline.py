@@ -3,7 +3,8 @@
 Defaults are the released model's (spec §5.9, §8): Adams–Bashforth order 2, 25 steps, guidance 4.0 on the
 default open interval (0, 1), time shift 3.0, bf16 autocast on CUDA. The unconditional embedding is the
 encoding of ``""`` or of the negative prompt. Image ``n`` of a call (prompt-major: ``n = prompt·num + k``)
-starts from noise that depends on ``(seed, n)`` alone, so results do not depend on the batch size.
+starts from the noise :func:`pixelgen.samplers.generate` gives sample ``n`` (a generator seeded by
+``(seed, n)`` alone), so results do not depend on the batch size.
 
 Fixes over the original demo: any height/width that is a multiple of the patch size (the original crashed
 off 512), a negative prompt that does not leak into later calls, and an optional key-padding mask.
@@ -21,6 +22,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from pixelgen.samplers.generate import sample_generator, to_uint8
+
 from .qwen3 import Qwen3TextConditioner, TextEncoding, check_prompts
 
 __all__ = [
@@ -31,7 +34,6 @@ __all__ = [
     "check_text_compatible",
     "pack_text_condition",
     "unpack_text_condition",
-    "to_uint8",
     "save_text_encoder_spec",
     "read_text_encoder_spec",
     "save_trajectory_gif",
@@ -73,16 +75,6 @@ def unpack_text_condition(cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return cond[..., :-1], cond[..., -1] > 0.5
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats → uint8 exactly as the original: ``clip((x + 1)·127.5 + 0.5, 0, 255)``."""
-    return ((x.float() + 1.0) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8)
-
-
-def _noise_generator(seed: int, index: int) -> torch.Generator:
-    """A CPU generator for image ``index`` of a run seeded with ``seed`` (independent of batching)."""
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(index)) % (2**63))
-
-
 @dataclass
 class GenerationResult:
     """``images``: uint8 (N, 3, H, W) on CPU; ``prompts``/``indices``: per image; ``trajectories``: uint8
@@ -97,6 +89,8 @@ class GenerationResult:
 class TextToImagePipeline:
     """A T2I backbone plus its text conditioner.
 
+    ``autocast_dtype``: ``"auto"`` (bf16 on CUDA as the original demo, none elsewhere), a dtype, or None.
+
     ``pipe(prompts, num_images_per_prompt=4, seed=0)`` → :class:`GenerationResult`. Sampling settings are
     keyword arguments of the call (``sampler``, ``num_steps``, ``guidance``, ``timeshift``, ``order`` ...).
     """
@@ -107,14 +101,16 @@ class TextToImagePipeline:
         conditioner: Qwen3TextConditioner,
         *,
         device: torch.device | str | None = None,
-        autocast_dtype: torch.dtype | None = None,
+        autocast_dtype: torch.dtype | str | None = "auto",
     ) -> None:
         check_text_compatible(model, conditioner)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
-        self.conditioner = conditioner.to(self.device)
-        if autocast_dtype is None and self.device.type == "cuda":
-            autocast_dtype = torch.bfloat16
+        if conditioner.device != self.device:
+            conditioner.to(self.device)
+        self.conditioner = conditioner
+        if autocast_dtype == "auto":
+            autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
         self.autocast_dtype = autocast_dtype
 
     @classmethod
@@ -125,7 +121,7 @@ class TextToImagePipeline:
         text_encoder: str | os.PathLike | dict | None = None,
         pad_mask: bool | None = None,
         device: torch.device | str | None = None,
-        autocast_dtype: torch.dtype | None = None,
+        autocast_dtype: torch.dtype | str | None = "auto",
     ) -> "TextToImagePipeline":
         """Load an exported checkpoint (``model.safetensors`` + ``config.json``) and its text encoder.
 
@@ -229,7 +225,7 @@ class TextToImagePipeline:
         for start in starts:
             batch_prompts = per_image[start : start + batch_size]
             batch_indices = indices[start : start + batch_size]
-            generators = [_noise_generator(seed, i) for i in batch_indices]
+            generators = [sample_generator(seed, i) for i in batch_indices]
             noise = torch.stack([torch.randn(channels, h, w, generator=g) for g in generators]).to(self.device)
             cond = self._condition(self.conditioner(batch_prompts))
             uncond = self._condition(self.conditioner.unconditional(len(batch_prompts), negative_prompt))

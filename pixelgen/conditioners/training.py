@@ -1,0 +1,180 @@
+"""Text-to-image training on top of :class:`pixelgen.train.Trainer`: caption encoding, prompt grids, export.
+
+* :class:`TextBatchEncoder` turns dataset batches (``caption`` lists) into objective batches: ``cond`` = the
+  caption embeddings, ``uncond`` = the ``""`` embedding (what the CFG dropout swaps in, spec §4.10).
+* With the conditioner's ``pad_mask`` on, the token mask rides as an extra channel of ``cond`` and
+  :func:`attach_text_mask_unpacking` makes the backbone unpack it into ``text_mask=`` (the objective and the
+  samplers then carry it along without knowing about it).
+* :class:`T2ITrainer` samples grids from fixed prompts with the prompts written under each image, writes
+  ``text_encoder.json`` into the export folder (so ``pixelgen generate`` rebuilds the same encoder) and gives
+  a streaming caption dataset a fresh seed on resume (a stream cannot be resumed at a position).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import textwrap
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from pixelgen.train import Trainer
+from pixelgen.utils.io import atomic_write
+
+from .pipeline import (
+    TextToImagePipeline,
+    check_text_compatible,
+    pack_text_condition,
+    save_text_encoder_spec,
+    unpack_text_condition,
+)
+from .qwen3 import Qwen3TextConditioner, check_prompts
+
+__all__ = ["TextBatchEncoder", "attach_text_mask_unpacking", "T2ITrainer", "save_prompt_grid"]
+
+log = logging.getLogger(__name__)
+
+
+class TextBatchEncoder:
+    """Trainer ``batch_transform``: ``{"image", "raw", "caption"}`` → adds ``cond`` and ``uncond`` embeddings.
+
+    ``cond`` is (B, L, D) (or (B, L, D + 1) with the mask channel when ``pad_mask`` is on); ``uncond`` the
+    empty prompt's encoding repeated over the batch, in the same layout.
+    """
+
+    def __init__(self, conditioner: Qwen3TextConditioner) -> None:
+        self.conditioner = conditioner
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if "caption" not in batch:
+            raise KeyError("A text-to-image batch needs a 'caption' list (use a caption dataset such as demo_captions).")
+        captions = check_prompts(batch["caption"], "batch['caption']")
+        cond = self.conditioner(captions)
+        uncond = self.conditioner.unconditional(len(captions))
+        if self.conditioner.pad_mask:
+            return {**batch, "cond": pack_text_condition(cond), "uncond": pack_text_condition(uncond)}
+        return {**batch, "cond": cond.embeddings, "uncond": uncond.embeddings}
+
+
+def attach_text_mask_unpacking(model: nn.Module):
+    """Let ``model(x, t, cond)`` accept ``cond`` with a trailing mask channel (``pack_text_condition``).
+
+    A forward pre-hook splits such a condition into the embeddings and ``text_mask=``; ordinary (B, L, D)
+    conditions pass through unchanged. Returns the hook handle (``handle.remove()`` undoes it).
+    """
+    width = int(model.txt_embed_dim)
+
+    def unpack(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        y = args[2] if len(args) > 2 else kwargs.get("y")
+        if not isinstance(y, torch.Tensor) or y.shape[-1] != width + 1:
+            return None
+        embeddings, mask = unpack_text_condition(y)
+        if len(args) > 2:
+            args = (*args[:2], embeddings, *args[3:])
+        else:
+            kwargs = {**kwargs, "y": embeddings}
+        return args, {**kwargs, "text_mask": mask}
+
+    return model.register_forward_pre_hook(unpack, with_kwargs=True)
+
+
+class T2ITrainer(Trainer):
+    """The trainer with a text conditioner.
+
+    Args (besides :class:`~pixelgen.train.Trainer`'s): ``conditioner`` (frozen, moved to the training
+    device), ``prompts`` (the sample-grid prompts; defaults to none, which disables grids).
+    Sampling for grids uses ``config.sample.sampler`` / ``params`` / ``seed`` / ``batch_size``.
+    """
+
+    def __init__(self, config, *, conditioner: Qwen3TextConditioner, prompts: Sequence[str] = (), **parts: Any):
+        self.conditioner = conditioner
+        self.prompts = check_prompts(list(prompts), "prompts") if prompts else []
+        super().__init__(config, batch_transform=TextBatchEncoder(conditioner), **parts)
+        check_text_compatible(self.model, conditioner)
+        self.conditioner.to(self.device)
+        if conditioner.pad_mask:
+            attach_text_mask_unpacking(self.model)
+            attach_text_mask_unpacking(self.ema.model)
+
+    def _load_resume(self, path: Path) -> None:
+        super()._load_resume(path)
+        dataset = getattr(self.loader, "dataset", None)
+        if not hasattr(self.loader, "state_dict") and hasattr(dataset, "seed"):
+            # A stream cannot restart at a position: reseed it so the resumed run does not replay what it saw.
+            dataset.seed = int(dataset.seed) + 1_000_003 * self.step
+            log.info("Caption stream reseeded with %d for the resumed run.", dataset.seed)
+
+    @torch.no_grad()
+    def sample_grid(self) -> Path | None:
+        """A PNG grid from the EMA model, one image per prompt with the prompt under it."""
+        if not self.prompts:
+            return None
+        s = self.config.sample
+        everyone = self.config.strategy == "fsdp" and self.dist.distributed
+        path = None
+        if self.dist.is_main or everyone:
+            prompts = self.prompts[: s.num_images] if s.num_images else self.prompts
+            pipe = TextToImagePipeline(self.ema.model, self.conditioner, device=self.device, autocast_dtype=self.amp_dtype)
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                result = pipe(prompts, seed=s.seed, batch_size=s.batch_size, sampler=s.sampler, **s.params)
+            if self.dist.is_main:
+                path = save_prompt_grid(result.images, result.prompts, self.out_dir / "samples" / f"step_{self.step:07d}.png")
+                self.logger.event(self.step, "samples", path=str(path))
+        from pixelgen.train.distributed import barrier
+
+        barrier()
+        return path
+
+    def export(self) -> Path | None:
+        target = super().export()
+        if target is not None:
+            save_text_encoder_spec(target, self.conditioner)
+        return target
+
+
+def save_prompt_grid(
+    images: torch.Tensor,
+    prompts: Sequence[str],
+    path: str | os.PathLike,
+    *,
+    min_size: int = 128,
+    columns: int | None = None,
+) -> Path:
+    """Tile uint8 (N, 3, H, W) images with each prompt wrapped in full under its image.
+
+    Small images are enlarged (nearest neighbour) to at least ``min_size`` pixels so the text fits.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}.")
+    prompts = list(prompts)
+    if len(prompts) != images.shape[0]:
+        raise ValueError(f"Got {images.shape[0]} images but {len(prompts)} prompts.")
+    n, _, h, w = images.shape
+    scale = max(1, math.ceil(min_size / max(min(h, w), 1)))
+    h, w = h * scale, w * scale
+    font = ImageFont.load_default()
+    chars_per_line = max(8, w // 6)
+    wrapped = [textwrap.wrap(p, chars_per_line) or ["(empty prompt)"] for p in prompts]
+    line_h = 11
+    text_h = line_h * max(len(lines) for lines in wrapped) + 4
+    columns = columns or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / columns)
+    pad = 4
+    canvas = Image.new("RGB", (columns * (w + pad) + pad, rows * (h + text_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i in range(n):
+        r, c = divmod(i, columns)
+        x, y = pad + c * (w + pad), pad + r * (h + text_h + pad)
+        picture = Image.fromarray(images[i].permute(1, 2, 0).cpu().numpy())
+        canvas.paste(picture.resize((w, h), Image.NEAREST), (x, y))
+        for k, line in enumerate(wrapped[i]):
+            draw.text((x, y + h + 2 + k * line_h), line, fill="black", font=font)
+    with atomic_write(path) as tmp:
+        canvas.save(tmp, format="PNG")
+    return Path(path)
