@@ -6,9 +6,9 @@
   / math kernels itself).
 * ``"xformers"``: ``xformers.ops.memory_efficient_attention``, used only when xformers imports, the tensors are
   on CUDA in fp16/bf16, no key-padding mask is given, we are not inside ``torch.compile``, and its calls work.
-  Otherwise the call falls back to SDPA and the reason is logged once. A first call that raises
-  ``NotImplementedError`` (an installed xformers without a usable operator, e.g. built for another torch)
-  disables xformers for the rest of the process.
+  Otherwise the call falls back to SDPA and the reason is logged once. The first eligible call is the trial:
+  if it raises ``NotImplementedError`` (an installed xformers without a usable operator, e.g. built for another
+  torch) or another non-memory ``RuntimeError``, xformers is disabled for the rest of the process.
 * ``"auto"``: xformers when usable as above, else SDPA; reasons are logged once at INFO level.
 * ``"math"``: an explicit float32 ``softmax(q kᵀ/√d) v``; slow, for tests and debugging.
 
@@ -143,10 +143,12 @@ def attention(
         if refusal is None:
             try:
                 return _xformers(q, k, v, dropout_p)
-            except NotImplementedError as exc:  # installed, but no operator for this GPU/torch build
+            except torch.OutOfMemoryError:
+                raise
+            except (NotImplementedError, RuntimeError) as exc:  # installed, but no operator for this GPU/torch build
                 global _xformers_disabled
                 first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                _xformers_disabled = f"xformers failed on a first call and is disabled for good ({first_line})"
+                _xformers_disabled = f"an xformers call failed, so it is disabled for good ({first_line})"
                 refusal, broken = _xformers_disabled, True
         _log_once(refusal, backend, broken=broken)
     return _sdpa(q, k, v, dropout_p, key_padding_mask)
