@@ -57,7 +57,8 @@ class Objective(nn.Module):
         t_eps: the x->v clamp of flow matching (0.05). noise_scale: std of ε (1).
         cond_drop_prob: CFG condition dropout (0.1); labels -> ``model.num_classes``, text -> ``batch['uncond']``.
         encoders: per role (``"dinov2"``, ``"lpips"``), a built encoder module or ``build_encoder`` arguments
-            (``{"name": ..., "weights": ..., "dtype": ...}``); missing roles are built with defaults.
+            (``{"name": ..., "weights": ..., "dtype": ...}``); missing roles are built with defaults, roles no
+            term uses are not built.
         term_options: per term name, keyword arguments for its constructor.
         check_finite: fail naming the term when a term is NaN or infinite (one device sync per step).
     """
@@ -133,7 +134,7 @@ class Objective(nn.Module):
     # -- frozen encoders --------------------------------------------------------------------------------
     def _build_encoders(self, specs: dict[str, Any]) -> dict[str, nn.Module]:
         roles = list(dict.fromkeys(r for t in self.terms.values() for r in getattr(t, "requires", ())))
-        stray = sorted(set(specs) - set(roles))
+        stray = sorted(set(specs) - set(roles) - set(DEFAULT_ENCODERS))  # known but unused roles are ignored
         if stray:
             raise ValueError(f"encoders names role(s) {', '.join(stray)} that no loss term uses (used: {', '.join(roles) or 'none'}).")
         built = {}
@@ -238,7 +239,7 @@ class Objective(nn.Module):
         if self.check_finite:
             stacked = torch.stack([v.detach().float() for v in values.values()])
             if not bool(torch.isfinite(stacked).all()):
-                bad = [f"'{n}' ({float(v):.4g})" for n, v in values.items() if not torch.isfinite(v.detach()).all()]
+                bad = [f"'{n}' ({float(v.detach()):.4g})" for n, v in values.items() if not torch.isfinite(v.detach()).all()]
                 raise FloatingPointError(f"Loss term {', '.join(bad)} is NaN or infinite.")
 
         plain = [self.weights[n] * v for n, v in values.items() if not getattr(self.terms[n], "perceptual", False)]
