@@ -2,13 +2,18 @@
 
 import logging
 import pathlib
-import tomllib
 
+import pytest
 import torch
 
 from pixelgen import build_model, list_models
 from pixelgen.registry import plugin_errors, registries
 from plugin_utils import on_path, write_dist_info
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
 
 PLUGIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "plugins" / "pixelgen-example-backbone"
 
