@@ -1,0 +1,306 @@
+"""Text-to-image prompt sets: GenEval and DPG-Bench image folders from prompt files the user supplies.
+
+Both benchmarks score images with external tools (GenEval's detector-based scorer, DPG-Bench's VQA model);
+this module writes the images those tools read (spec §7.2, §7.3).
+
+**GenEval** (``evaluation_metadata.jsonl``: one JSON object with a ``"prompt"`` per line): 4 images per prompt
+(seeds 0-3), written in GenEval's own per-prompt layout::
+
+    <out>/<prompt index, 5 digits>/metadata.jsonl        # that prompt's JSON line, unchanged
+    <out>/<prompt index, 5 digits>/samples/<seed, 5 digits>.png
+
+The original PixelGen wrote one folder per *image* (``<global index>/samples/<seed>.png``); GenEval's scorer
+averages over images either way, so the scores are the same, and the per-prompt layout is what GenEval's own
+generation script and documentation use.
+
+**DPG-Bench** (a folder of ``<stem>.txt`` files whose first line is the prompt): 4 images per prompt (seeds 0-3)
+tiled 2x2 (seed order, row-major) into ``<out>/<stem>.png``, which is what the DPG-Bench scorer splits again.
+(The original tiled into ``.jpg`` with a separate script and deleted the single images; PNG is lossless.)
+
+Noise follows the original datasets: the image with seed ``s`` starts from ``torch.randn(C, H, W)`` drawn from a
+CPU generator seeded with ``s`` (so every prompt shares the same 4 noise images); a stochastic sampler continues
+that generator. Results are independent of the batch size. Prompts whose files already exist are skipped, so an
+interrupted run resumes; files are written atomically.
+
+The text encoder is any callable mapping a list of prompts to (B, L, D) embeddings (tests use a stand-in), or a
+:class:`pixelgen.conditioners.Qwen3TextConditioner` (its padding mask is honoured when ``pad_mask`` is on).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from pixelgen.eval.grids import save_png, tile_images
+from pixelgen.utils.io import atomic_write
+
+__all__ = [
+    "PromptItem",
+    "read_geneval_metadata",
+    "read_dpg_prompts",
+    "generate_geneval",
+    "generate_dpg",
+    "original_noise",
+    "T2I_EVAL_SAMPLING",
+]
+
+log = logging.getLogger(__name__)
+
+# The sampler the released text-to-image model was evaluated with (spec §5.9): Adams-2, 25 steps, CFG 4, shift 3.
+T2I_EVAL_SAMPLING: dict[str, Any] = {"sampler": "adams", "params": {"order": 2, "num_steps": 25, "guidance": 4.0, "timeshift": 3.0}}
+DEFAULT_SEEDS = (0, 1, 2, 3)
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    """One prompt of a set: ``key`` names its output (GenEval: 5-digit index; DPG: file stem)."""
+
+    key: str
+    prompt: str
+    metadata: str | None = None  # GenEval: the original JSON line
+
+
+def read_geneval_metadata(path: str | os.PathLike) -> list[PromptItem]:
+    """The prompts of a GenEval ``.jsonl`` metadata file, in file order (blank lines are skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"GenEval metadata file {path} does not exist.")
+    items = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} line {lineno} is not valid JSON ({exc.msg}).") from exc
+        if not isinstance(entry, dict) or not isinstance(entry.get("prompt"), str) or not entry["prompt"].strip():
+            raise ValueError(f"{path} line {lineno} has no non-empty \"prompt\" string (GenEval metadata lines are JSON objects with a prompt).")
+        items.append(PromptItem(f"{len(items):05d}", entry["prompt"], line.strip()))
+    if not items:
+        raise ValueError(f"GenEval metadata file {path} holds no prompts.")
+    return items
+
+
+def read_dpg_prompts(folder: str | os.PathLike) -> list[PromptItem]:
+    """The prompts of a DPG-Bench prompt folder: ``<stem>.txt`` files, first line = prompt, sorted by stem."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"DPG-Bench prompt folder {folder} does not exist.")
+    items = []
+    for path in sorted(folder.glob("*.txt")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        prompt = lines[0].strip() if lines else ""
+        if not prompt:
+            raise ValueError(f"DPG-Bench prompt file {path} is empty (its first line must be the prompt).")
+        items.append(PromptItem(path.stem, prompt))
+    if not items:
+        raise ValueError(f"The DPG-Bench prompt folder {folder} holds no .txt prompt files.")
+    return items
+
+
+def original_noise(seed: int, shape: Sequence[int]) -> tuple[torch.Tensor, torch.Generator]:
+    """The original datasets' noise for one image: ``randn(shape)`` from a CPU generator seeded with ``seed``;
+    returns the generator too (a stochastic sampler continues it)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.randn(tuple(shape), generator=gen), gen
+
+
+class _TextConditions:
+    """Conditional and unconditional inputs of the backbone from a text encoder (callable or Qwen3 conditioner)."""
+
+    def __init__(self, encoder: Callable[[list[str]], Any], negative_prompt: str | None):
+        self.encoder = encoder
+        self.negative_prompt = negative_prompt
+        self.masked = bool(getattr(encoder, "pad_mask", False))
+
+    def _tensor(self, out: Any, batch: int) -> torch.Tensor:
+        if hasattr(out, "embeddings"):  # a TextEncoding: carry the mask along when the conditioner wants it
+            if self.masked:
+                from pixelgen.conditioners.pipeline import pack_text_condition
+
+                return pack_text_condition(out)
+            out = out.embeddings
+        if not isinstance(out, torch.Tensor) or out.ndim != 3 or out.shape[0] != batch or not out.is_floating_point():
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"The text encoder must return (B, L, D) float embeddings for {batch} prompts, got {got}.")
+        return out
+
+    def cond(self, prompts: list[str]) -> torch.Tensor:
+        return self._tensor(self.encoder(prompts), len(prompts))
+
+    def uncond(self, batch: int) -> torch.Tensor:
+        unconditional = getattr(self.encoder, "unconditional", None)
+        if callable(unconditional):
+            return self._tensor(unconditional(batch, self.negative_prompt), batch)
+        return self._tensor(self.encoder([self.negative_prompt or ""] * batch), batch)
+
+    def denoiser(self, model: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        if not self.masked:
+            return model
+        from pixelgen.conditioners.pipeline import unpack_text_condition
+
+        def denoise(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+            embeddings, mask = unpack_text_condition(cond)
+            return model(x, t, embeddings, text_mask=mask)
+
+        return denoise
+
+
+def _check_text_model(model: torch.nn.Module) -> None:
+    if getattr(model, "cond_kind", None) != "text":
+        raise ValueError(f"Prompt sets need a text-to-image model; this one is conditioned on {getattr(model, 'cond_kind', 'unknown')!r}.")
+
+
+def _render(
+    model: torch.nn.Module,
+    encoder: Callable[[list[str]], Any],
+    jobs: list[tuple[PromptItem, int]],
+    *,
+    sampler: str,
+    sampler_params: Mapping[str, Any],
+    batch_size: int,
+    height: int | None,
+    width: int | None,
+    device: str | torch.device | None,
+    autocast_dtype: torch.dtype | None,
+    negative_prompt: str | None,
+    progress: bool,
+) -> Iterator[tuple[PromptItem, int, np.ndarray]]:
+    """(item, seed, uint8 (H, W, 3) image) for each (prompt, seed) job, in order, sampled in batches."""
+    from tqdm.auto import tqdm
+
+    from pixelgen.samplers import build_sampler
+    from pixelgen.samplers.generate import to_uint8
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    run = build_sampler(sampler, **dict(sampler_params))
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    h, w = height or int(model.input_size), width or int(model.input_size)
+    shape = (int(model.in_channels), h, w)
+    texts = _TextConditions(encoder, negative_prompt)
+    denoise = texts.denoiser(model)
+    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), tqdm(total=len(jobs), unit="img", desc="prompt set", disable=not progress) as bar:
+            for first in range(0, len(jobs), batch_size):
+                batch = jobs[first : first + batch_size]
+                drawn = [original_noise(seed, shape) for _, seed in batch]
+                noise = torch.stack([n for n, _ in drawn]).to(device)
+                cond = texts.cond([item.prompt for item, _ in batch]).to(device)
+                uncond = texts.uncond(len(batch)).to(device)
+                with autocast:
+                    x = run(denoise, noise, cond, uncond, generator=[g for _, g in drawn])
+                images = to_uint8(x).cpu().permute(0, 2, 3, 1).numpy()
+                for (item, seed), image in zip(batch, images):
+                    yield item, seed, image
+                bar.update(len(batch))
+    finally:
+        model.train(was_training)
+
+
+def _sampling(sampler: str | None, sampler_params: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    if sampler is None:
+        return T2I_EVAL_SAMPLING["sampler"], {**T2I_EVAL_SAMPLING["params"], **dict(sampler_params or {})}
+    return sampler, dict(sampler_params or {})
+
+
+def generate_geneval(
+    model: torch.nn.Module,
+    encoder: Callable[[list[str]], Any],
+    metadata: str | os.PathLike | Sequence[PromptItem],
+    out_dir: str | os.PathLike,
+    *,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    sampler: str | None = None,
+    sampler_params: Mapping[str, Any] | None = None,
+    batch_size: int = 8,
+    height: int | None = None,
+    width: int | None = None,
+    device: str | torch.device | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    negative_prompt: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write GenEval's folder layout for a metadata ``.jsonl`` (see the module doc); returns ``out_dir``.
+
+    ``sampler``/``sampler_params``: default Adams-2, 25 steps, CFG 4, shift 3 (the released model's setting).
+    """
+    _check_text_model(model)
+    items = list(metadata) if not isinstance(metadata, (str, os.PathLike)) else read_geneval_metadata(metadata)
+    out = Path(out_dir)
+    seeds = _check_seeds(seeds)
+
+    def image_path(item: PromptItem, seed: int) -> Path:
+        return out / item.key / "samples" / f"{seed:05d}.png"
+
+    todo = [(item, s) for item in items for s in seeds if not image_path(item, s).is_file()]
+    log.info("GenEval: %d prompts x %d seeds, %d images to generate", len(items), len(seeds), len(todo))
+    name, params = _sampling(sampler, sampler_params)
+    for item, seed, image in _render(model, encoder, todo, sampler=name, sampler_params=params, batch_size=batch_size, height=height, width=width,
+                                     device=device, autocast_dtype=autocast_dtype, negative_prompt=negative_prompt, progress=progress):
+        save_png(image, image_path(item, seed))
+    for item in items:
+        meta = out / item.key / "metadata.jsonl"
+        if not meta.is_file():
+            with atomic_write(meta) as tmp:
+                tmp.write_text((item.metadata or json.dumps({"prompt": item.prompt})) + "\n", encoding="utf-8")
+    return out
+
+
+def generate_dpg(
+    model: torch.nn.Module,
+    encoder: Callable[[list[str]], Any],
+    prompts: str | os.PathLike | Sequence[PromptItem],
+    out_dir: str | os.PathLike,
+    *,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    sampler: str | None = None,
+    sampler_params: Mapping[str, Any] | None = None,
+    batch_size: int = 8,
+    height: int | None = None,
+    width: int | None = None,
+    device: str | torch.device | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    negative_prompt: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write one 2x2 tile ``<stem>.png`` per DPG-Bench prompt file (see the module doc); returns ``out_dir``.
+
+    The number of seeds must be a square (4 by default) so the images tile into a square grid.
+    """
+    _check_text_model(model)
+    items = list(prompts) if not isinstance(prompts, (str, os.PathLike)) else read_dpg_prompts(prompts)
+    out = Path(out_dir)
+    seeds = _check_seeds(seeds)
+    side = math.isqrt(len(seeds))
+    if side * side != len(seeds):
+        raise ValueError(f"DPG-Bench tiles the images of a prompt into a square grid; {len(seeds)} seeds are not a square number (use 4).")
+    todo = [(item, s) for item in items if not (out / f"{item.key}.png").is_file() for s in seeds]
+    log.info("DPG-Bench: %d prompts, %d images to generate", len(items), len(todo))
+    name, params = _sampling(sampler, sampler_params)
+    pending: dict[str, list[np.ndarray]] = {}
+    for item, _seed, image in _render(model, encoder, todo, sampler=name, sampler_params=params, batch_size=batch_size, height=height, width=width,
+                                      device=device, autocast_dtype=autocast_dtype, negative_prompt=negative_prompt, progress=progress):
+        pending.setdefault(item.key, []).append(image)
+        if len(pending[item.key]) == len(seeds):  # jobs come in seed order, prompt by prompt
+            save_png(tile_images(np.stack(pending.pop(item.key)), columns=side), out / f"{item.key}.png")
+    return out
+
+
+def _check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
+    seeds = tuple(seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct non-negative integers, got {seeds!r}.")
+    return tuple(int(s) for s in seeds)
