@@ -329,3 +329,35 @@ def test_eval_command_writes_json(tmp_path):
     assert set(result["metrics"]) == {"fid", "inception_score", "inception_score_std", "precision", "recall"}
     assert result["settings"]["inception"] == "inception-random-0" and result["settings"]["num_samples"] == 8
     assert main(["eval", str(samples), "--ref", str(tmp_path / "nope.npz"), "--inception-weights", "random"]) == 1
+
+
+def test_fd_dinov2_with_a_tiny_test_made_encoder(tmp_path):
+    import torch.nn.functional as F
+
+    from pixelgen.eval.dinov2 import build_dinov2_features
+
+    # img_size 224: the position table already has the 16 x 16 grid, so timm's own forward must agree
+    feats = build_dinov2_features(weights="random", model_overrides=dict(embed_dim=24, depth=2, num_heads=2, init_values=1.0, img_size=224))
+    base = _images(12, 32)
+    batch = torch.from_numpy(base).permute(0, 3, 1, 2).contiguous()
+    out = feats(batch)["dinov2"]
+    assert out.shape == (12, 24)
+    enc = feats.encoder
+    x = F.interpolate(batch.float() / 255, size=(224, 224), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    with torch.no_grad():
+        cls = enc.backbone.forward_features((x - enc.mean) / enc.std)[:, 0]
+    torch.testing.assert_close(out, cls)
+
+    np.savez(tmp_path / "ref.npz", arr_0=base)
+    values = []
+    for shift in (0, 20, 60):
+        shifted = np.clip(base.astype(np.int32) + shift, 0, 255).astype(np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = evaluate(shifted, tmp_path / "ref.npz", metrics=["fd_dinov2"], dinov2=feats, cache_dir=tmp_path / "cache", progress=False)
+        values.append(res["metrics"]["fd_dinov2"])
+    assert abs(values[0]) < 1e-6 and values[0] < values[1] < values[2], values
+    assert res["settings"]["dinov2"] == feats.tag and feats.tag.startswith("dinov2_vitb14-random0-")
+    assert len(list((tmp_path / "cache").glob(f"ref-*-{feats.tag}.npz"))) == 1  # reference statistics cached once
+    again = build_dinov2_features(weights="random", model_overrides=dict(embed_dim=24, depth=2, num_heads=2, init_values=1.0, img_size=224))
+    assert again.tag == feats.tag and torch.equal(again(batch)["dinov2"], out)  # seeded random weights

@@ -30,7 +30,7 @@ from pixelgen.utils.checks import check_tensor
 from pixelgen.utils.hub import WeightSource, resolve_weights
 from pixelgen.utils.io import safe_torch_load
 
-__all__ = ["INCEPTION_WEIGHTS", "InceptionFeatures", "build_inception", "FeatureExtractor", "check_uint8_images"]
+__all__ = ["INCEPTION_WEIGHTS", "InceptionFeatures", "build_inception", "FeatureExtractor", "check_uint8_images", "weights_digest"]
 
 # What a feature extractor is for the metrics: uint8 (B, 3, H, W) images -> named (B, D) float features.
 FeatureExtractor = Callable[[torch.Tensor], dict[str, torch.Tensor]]
@@ -127,11 +127,14 @@ class InceptionFeatures(nn.Module):
         return {"pool": pool.float(), "logits": logits.float(), "spatial": spatial}
 
 
-def _file_digest(path: Path) -> str:
+def weights_digest(path: Path) -> str:
+    """Content digest of a weights file (a folder: of its files), so statistic caches never mix weights."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
+    for f in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if f.is_file():
+            with open(f, "rb") as stream:
+                for block in iter(lambda: stream.read(1 << 22), b""):
+                    h.update(block)
     return h.hexdigest()[:16]
 
 
@@ -154,5 +157,5 @@ def build_inception(
         state = safe_torch_load(path)
         if not isinstance(state, dict) or "Mixed_6d.branch1x1.conv.weight" not in state:
             raise ValueError(f"{path} is not a torch-fidelity InceptionV3 state dict (expected keys such as 'Mixed_6d.branch1x1.conv.weight').")
-        net, tag = _make_network(state, seed), f"inception-{_file_digest(Path(path))}"
+        net, tag = _make_network(state, seed), f"inception-{weights_digest(Path(path))}"
     return InceptionFeatures(net, tag).to(device)
