@@ -256,6 +256,8 @@ def test_balancer_schedule_and_formula():
     bal.update(model, *_losses(model, 1e4, 1.0))  # clamped at 100
     assert bal.weight == pytest.approx(0.8 * w1 + 0.2 * 100.0)
     assert bal.get_extra_state() == {"weight": bal.weight, "updates": 2}
+    w = model.final_layer.linear.weight
+    assert bal.update(model, (w * 2).sum(), torch.ones(())) == bal.weight and bal.updates == 2  # no perceptual gradient
     assert not Balancer(start_step=None).due(10**9)
 
 

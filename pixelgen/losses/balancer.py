@@ -65,17 +65,29 @@ class Balancer(nn.Module):
         return self.start_step is not None and step is not None and step >= self.start_step and step % self.every == 0
 
     def update(self, model: nn.Module, reference: torch.Tensor, perceptual: torch.Tensor) -> float:
-        """Fold in the gradient-norm ratio of ``reference`` (FM) and ``perceptual`` at the balance parameter."""
+        """Fold in the gradient-norm ratio of ``reference`` (FM) and ``perceptual`` at the balance parameter.
+
+        A perceptual sum without a gradient path (e.g. no sample passed the gate) gives no ratio (the original
+        would fail in ``autograd.grad`` there); across processes the ratio is averaged over the ranks that have
+        one, and with none the weight is unchanged.
+        """
         param = balance_parameter(model, self.param_name)
-        norms = []
-        for loss in (reference, perceptual):
-            grad = torch.autograd.grad(loss, param, retain_graph=True, allow_unused=True)[0] if loss.requires_grad else None
-            norms.append(torch.zeros((), device=param.device) if grad is None else grad.detach().float().norm())
-        ratio = (norms[0] / (norms[1] + self.eps)).clamp(0.0, self.max_weight)
+        grads = [
+            torch.autograd.grad(loss, param, retain_graph=True, allow_unused=True)[0] if loss.requires_grad else None
+            for loss in (reference, perceptual)
+        ]
+        # (ratio, 1) from a rank that can measure it, (0, 0) otherwise; every rank joins the all-reduce.
+        stats = torch.zeros(2, device=param.device)
+        if grads[1] is not None:
+            ref_norm = torch.zeros((), device=param.device) if grads[0] is None else grads[0].detach().float().norm()
+            stats[0] = (ref_norm / (grads[1].detach().float().norm() + self.eps)).clamp(0.0, self.max_weight)
+            stats[1] = 1.0
         if self.sync and torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(ratio)
-            ratio = ratio / torch.distributed.get_world_size()
-        self.weight = self.momentum * self.weight + (1.0 - self.momentum) * float(ratio)
+            torch.distributed.all_reduce(stats)
+        total, count = stats.tolist()
+        if count == 0:
+            return self.weight
+        self.weight = self.momentum * self.weight + (1.0 - self.momentum) * total / count
         self.updates += 1
         return self.weight
 

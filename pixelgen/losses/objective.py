@@ -199,10 +199,16 @@ class Objective(nn.Module):
         num_classes = getattr(model, "num_classes", None)
         if not cond.is_floating_point() and num_classes is not None:
             check_labels(cond, num_classes, "batch['cond']", batch=image.shape[0])
-        t_draws, noise, drop_draws = _random_draws(image, batch.get("seeds"), self.time["distribution"], generator)
-        t = sample_t(image.shape[0], device=image.device, generator=generator, draws=t_draws, **self.time)
+        seeds, uncond = batch.get("seeds"), batch.get("uncond")
+        if seeds is None:  # draw order: t, noise, dropout
+            t = sample_t(image.shape[0], device=image.device, generator=generator, **self.time)
+            noise = _draw("normal", tuple(image.shape), image.device, generator).to(image.dtype)
+            cond = drop_condition(cond, self.cond_drop_prob, null_label=num_classes, uncond=uncond, generator=generator)
+        else:
+            t_draws, noise, drop_draws = _per_sample_draws(image, seeds, self.time["distribution"])
+            t = sample_t(image.shape[0], device=image.device, draws=t_draws, **self.time)
+            cond = drop_condition(cond, self.cond_drop_prob, null_label=num_classes, uncond=uncond, draws=drop_draws)
         noise = noise * self.noise_scale
-        cond = drop_condition(cond, self.cond_drop_prob, null_label=num_classes, uncond=batch.get("uncond"), generator=generator, draws=drop_draws)
         return self.evaluate(model, image, raw, cond, t, noise, step=step)
 
     def evaluate(
@@ -280,10 +286,8 @@ class Objective(nn.Module):
         return f"terms=[{terms}], percept_t_threshold={self.percept_t_threshold}, gating_compute={self.gating_compute!r}, encoders={list(self._frozen)}"
 
 
-def _random_draws(image: torch.Tensor, seeds: torch.Tensor | None, distribution: str, generator: torch.Generator | None):
-    """(time draws or None, standard-normal noise like ``image``, dropout draws or None)."""
-    if seeds is None:
-        return None, _draw("normal", tuple(image.shape), image.device, generator).to(image.dtype), None
+def _per_sample_draws(image: torch.Tensor, seeds: object, distribution: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(time draws, standard-normal noise like ``image``, dropout draws), sample i from a CPU generator seeded ``seeds[i]``."""
     if not isinstance(seeds, torch.Tensor) or seeds.shape != (image.shape[0],) or seeds.is_floating_point():
         raise ValueError(f"batch['seeds'] must be an integer tensor of shape ({image.shape[0]},), got {getattr(seeds, 'shape', type(seeds).__name__)}.")
     t_draws, noise, drops = [], [], []
