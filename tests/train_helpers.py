@@ -116,3 +116,62 @@ class NaNAt(nn.Module):
             out = {**out, "fm_loss": nan, "loss": out["loss"] + nan}
         self.calls += 1
         return out
+
+
+def index_recorder(sink: list):
+    """A batch transform that records each batch's dataset indices (``index`` key) and renames label → cond."""
+
+    def transform(batch: dict) -> dict:
+        sink.append(batch["index"].tolist())
+        return {**batch, "cond": batch["label"]}
+
+    return transform
+
+
+class IndexedImages(RandomImages):
+    """:class:`RandomImages` whose samples also carry their dataset ``index``."""
+
+    def __getitem__(self, i: int) -> dict:
+        return {**super().__getitem__(i), "index": i}
+
+
+def tiny_encoders(patch: int = 4) -> dict:
+    """Random tiny frozen encoders for objective tests (built from the global seed)."""
+    return {
+        "dinov2": {"weights": "random", "base_patch_size": patch, "model_overrides": {"embed_dim": 32, "depth": 2, "num_heads": 2}},
+        "lpips": {"net": "alex", "weights": "random"},
+    }
+
+
+def _run_from_command_line() -> None:
+    """``python train_helpers.py OUT_DIR MAX_STEPS BATCH STRATEGY PRESET`` (run under torchrun by the tests).
+
+    Trains a tiny JiT on :class:`IndexedImages` with the real objective and per-sample noise seeds, and writes
+    the indices each rank saw to ``OUT_DIR/indices_rank<r>.json``.
+    """
+    import json
+    import os
+    import sys
+
+    from pixelgen.train import TrainConfig, Trainer, apply_overrides
+
+    out, steps, batch, strategy, preset = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+    cfg = apply_overrides(TrainConfig(), [
+        f"out_dir={out}", f"max_steps={steps}", f"data.batch_size={batch}", "data.num_workers=0", "sample.num_images=0",
+        "optim.lr=1e-3", "log_every=1", "ckpt_every=1000", "export_ema=false", "per_sample_noise=true", f"strategy={strategy}",
+        "model.name=jit", "model.overrides={\"input_size\": 16, \"patch_size\": 4, \"hidden_size\": 32, \"depth\": 2, "
+        "\"num_heads\": 2, \"num_classes\": 4, \"bottleneck_dim\": 16, \"in_context_len\": 2, \"in_context_start\": 1}",
+        f"objective.preset={preset}", "objective.overrides={\"align_layer\": 1}",
+    ])
+    cfg.objective.overrides["encoders"] = tiny_encoders()
+    seen: list = []
+    trainer = Trainer(cfg, dataset=IndexedImages(n=24), batch_transform=index_recorder(seen), progress=False)
+    trainer.fit()
+    rank = int(os.environ.get("RANK", 0))
+    with open(os.path.join(out, f"indices_rank{rank}.json"), "w") as f:
+        json.dump(seen, f)
+    trainer.close()
+
+
+if __name__ == "__main__":
+    _run_from_command_line()

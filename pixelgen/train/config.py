@@ -135,6 +135,7 @@ class TrainConfig:
     per_sample_noise: bool = False
     export_ema: bool = True  # write <out_dir>/export (save_pretrained of the EMA model) at the end
     device: str | None = None  # None: cuda:<local_rank> when CUDA is available, else cpu
+    num_threads: int | None = None  # torch.set_num_threads for this process; None keeps torch's default
 
     def __post_init__(self) -> None:
         self.validate()
@@ -158,6 +159,7 @@ class TrainConfig:
             (self.keep_every >= 1, f"keep_every must be >= 1, got {self.keep_every}."),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}."),
             (self.max_bad_steps >= 1, f"max_bad_steps must be >= 1, got {self.max_bad_steps}."),
+            (self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1 or null, got {self.num_threads}."),
             (self.sample.every >= 1, f"sample.every must be >= 1, got {self.sample.every}."),
             (self.sample.num_images >= 0, f"sample.num_images must be >= 0, got {self.sample.num_images}."),
         ]

@@ -112,10 +112,14 @@ def plot_loss_curve(records: Sequence[dict[str, Any]], path: str | os.PathLike, 
     return Path(path)
 
 
-def save_image_grid(images: torch.Tensor, path: str | os.PathLike, *, nrow: int | None = None, captions: Iterable[str] | None = None, pad: int = 2) -> Path:
-    """Tile uint8 (N, 3, H, W) images into one PNG (optionally with a caption under each image)."""
+def save_image_grid(images: torch.Tensor, path: str | os.PathLike, *, nrow: int | None = None, captions: Iterable[str] | None = None, pad: int = 2, min_side: int = 64) -> Path:
+    """Tile uint8 (N, 3, H, W) images into one PNG (optionally with a caption under each image); images smaller
+    than ``min_side`` are enlarged by an integer factor (nearest neighbour)."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be a uint8 (N, 3, H, W) tensor, got {images.dtype} {tuple(images.shape)}.")
+    if images.shape[-1] < min_side:  # small demo images: enlarge (nearest) so the grid is readable
+        factor = -(-min_side // images.shape[-1])
+        images = images.repeat_interleave(factor, dim=-1).repeat_interleave(factor, dim=-2)
     n, _, h, w = images.shape
     nrow = nrow or max(1, math.ceil(math.sqrt(n)))
     rows = math.ceil(n / nrow)

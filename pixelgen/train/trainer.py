@@ -132,6 +132,8 @@ class Trainer:
         self.batch_transform = batch_transform
         self.class_names = class_names
         self.progress = progress
+        if config.num_threads is not None:
+            torch.set_num_threads(config.num_threads)
         self.dist: DistInfo = setup_distributed(config.device)
         self.device = self.dist.device
         self.amp_dtype = autocast_dtype_for(config.precision, self.device)
@@ -146,7 +148,7 @@ class Trainer:
         # Identical initial weights on every rank: build under the run seed, then seed the ranks apart.
         seed_everything(config.seed)
         self.model = (model if model is not None else _build_model(config)).to(self.device)
-        self.objective = (objective if objective is not None else _build_objective(config)).to(self.device)
+        self.objective = (objective if objective is not None else _build_objective(config, self.model)).to(self.device)
         self.ema = EMA(self.model, config.ema_decay)
         self.modules = TrainModules(self.model, self.objective)
         self.train_step_module = self._wrap(self.modules)
@@ -535,10 +537,12 @@ def _build_model(config: TrainConfig) -> nn.Module:
     return build_model(config.model.name, **config.model.overrides)
 
 
-def _build_objective(config: TrainConfig) -> nn.Module:
+def _build_objective(config: TrainConfig, model: nn.Module) -> nn.Module:
     from ..losses import build_objective
 
-    return build_objective(preset=config.objective.preset, **config.objective.overrides)
+    overrides = dict(config.objective.overrides)
+    overrides.setdefault("hidden_size", getattr(model, "hidden_size", None))  # the REPA projector's input width
+    return build_objective(preset=config.objective.preset, **overrides)
 
 
 def _build_dataset(config: TrainConfig) -> Any:
