@@ -33,8 +33,9 @@ class JiTBase(nn.Module):
     ``patch_size``, ``hidden_size``, ``in_channels`` and a frozen ``pos_embed`` parameter for the default grid.
 
     ``check_inputs`` (default True) validates every forward's inputs with one-sentence errors. The value checks
-    (t in [0, 1], labels in range) cost one host sync per call on a GPU; compiled training can turn them off
-    with ``model.check_inputs = False``.
+    (t in [0, 1], labels in range) cost one host sync per call on a GPU; they can be turned off with
+    ``model.check_inputs = False``, and are skipped while ``torch.compile`` traces the model (a host sync would
+    split the graph); the shape checks always run.
     """
 
     arch: str
@@ -49,7 +50,8 @@ class JiTBase(nn.Module):
     # -- attention backend --------------------------------------------------------------------------
     @property
     def attention_backend(self) -> str:
-        """``"auto" | "sdpa" | "xformers" | "math"``; settable at any time (see :mod:`pixelgen.nn.attention`)."""
+        """A name in ``pixelgen.nn.ATTENTION_BACKENDS`` (``"auto"``, ``"sdpa"``, ``"sdpa_cudnn"`` ...); settable at any time
+        (see :mod:`pixelgen.nn.attention_backends`)."""
         return self._attention_backend
 
     @attention_backend.setter
@@ -103,6 +105,8 @@ class JiTBase(nn.Module):
 
     def _check_values(self, t: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         """t in [0, 1] and labels in [0, num_classes], with a single host sync; details only on failure."""
+        if torch.compiler.is_compiling():
+            return
         bad = [~((t >= 0) & (t <= 1))]  # NaN fails both comparisons
         if labels is not None:
             bad.append((labels < 0) | (labels > self.num_classes))

@@ -6,11 +6,16 @@
   / math kernels itself).
 * ``"xformers"``: ``xformers.ops.memory_efficient_attention``, used only when xformers imports, the tensors are
   on CUDA in fp16/bf16, no key-padding mask is given, we are not inside ``torch.compile``, and its calls work.
-  Otherwise the call falls back to SDPA and the reason is logged once. The first eligible call is the trial:
+  Otherwise the call falls back to SDPA and the reason is logged once (under ``torch.compile`` silently: a
+  log call would split the graph). The first eligible call is the trial:
   if it raises ``NotImplementedError`` (an installed xformers without a usable operator, e.g. built for another
   torch) or another non-memory ``RuntimeError``, xformers is disabled for the rest of the process.
 * ``"auto"``: xformers when usable as above, else SDPA; reasons are logged once at INFO level.
 * ``"math"``: an explicit float32 ``softmax(q kᵀ/√d) v``; slow, for tests and debugging.
+* ``"sdpa_flash"`` / ``"sdpa_efficient"`` / ``"sdpa_cudnn"``: SDPA with that kernel tried first and PyTorch's
+  other kernels after it (``sdpa_kernel(..., set_priority=True)``), so a call the kernel cannot take (CPU,
+  float32 for flash, a mask, an unsupported head size) still runs on the next one. The fastest kernel for
+  a head size differs by GPU and PyTorch version; ``benchmarks/gpu_suite.py`` times each one.
 
 Tensors are laid out (B, heads, tokens, head_dim).
 """
@@ -23,12 +28,21 @@ from types import ModuleType
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["ATTENTION_BACKENDS", "attention", "check_backend", "xformers_status"]
+__all__ = ["ATTENTION_BACKENDS", "SDPA_KERNELS", "attention", "check_backend", "xformers_status"]
 
 log = logging.getLogger(__name__)
 
-ATTENTION_BACKENDS = ("auto", "sdpa", "xformers", "math")
+# backend name -> the SDPA kernel it puts first
+SDPA_KERNELS = {
+    "sdpa_flash": SDPBackend.FLASH_ATTENTION,
+    "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION,
+}
+ATTENTION_BACKENDS = ("auto", "sdpa", "xformers", "math", *SDPA_KERNELS)
+# PyTorch's usual order, used after the preferred kernel.
+_SDPA_FALLBACK_ORDER = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH)
 
 _xformers_ops: ModuleType | None = None
 _xformers_disabled: str | None = None  # reason xformers can never be used in this process
@@ -82,14 +96,18 @@ def _xformers_refusal(q: torch.Tensor, key_padding_mask: torch.Tensor | None) ->
         return f"the tensors are {q.dtype}, not float16/bfloat16"
     if key_padding_mask is not None:
         return "a key-padding mask was given"
-    if torch.compiler.is_compiling():
-        return "the model is being compiled (torch.compile traces SDPA, not xformers)"
     return None
 
 
 def _sdpa(q, k, v, dropout_p: float, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
     mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+def _sdpa_preferring(kernel: SDPBackend, q, k, v, dropout_p: float, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+    order = [kernel, *(b for b in _SDPA_FALLBACK_ORDER if b != kernel)]
+    with sdpa_kernel(order, set_priority=True):
+        return _sdpa(q, k, v, dropout_p, key_padding_mask)
 
 
 def _math(q, k, v, dropout_p: float, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
@@ -137,6 +155,11 @@ def attention(
         )
     if backend == "math":
         return _math(q, k, v, dropout_p, key_padding_mask)
+    if backend in SDPA_KERNELS:
+        return _sdpa_preferring(SDPA_KERNELS[backend], q, k, v, dropout_p, key_padding_mask)
+    if backend in ("auto", "xformers") and torch.compiler.is_compiling():
+        # torch.compile traces SDPA, not xformers; importing or logging here would split the graph.
+        return _sdpa(q, k, v, dropout_p, key_padding_mask)
     if backend in ("auto", "xformers"):
         refusal = _xformers_refusal(q, key_padding_mask)
         broken = False
