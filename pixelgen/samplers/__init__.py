@@ -16,6 +16,7 @@ from typing import Any
 from ..registry import registries
 from .base import Sampler
 from .generate import generate, sample_generator, to_uint8
+from .graphs import GraphedDenoiser
 from .grids import shift_unwarp, shift_warp, time_grid, uniform_grid, x_hat_to_velocity
 from .guidance import GuidanceInterval
 from .ode import AdamsSampler, EulerSampler, HeunSampler, adams_coefficients
@@ -31,6 +32,7 @@ __all__ = [
     "AdamsSampler",
     "EulerMaruyamaSampler",
     "GuidanceInterval",
+    "GraphedDenoiser",
     "adams_coefficients",
     "time_grid",
     "uniform_grid",
