@@ -11,7 +11,7 @@ from ..utils.checks import check_tensor
 from .grids import DEFAULT_T_EPS, time_grid
 from .guidance import Denoiser, GuidanceInterval, GuidedDenoiser, check_guidance
 
-__all__ = ["Sampler", "Generators"]
+__all__ = ["Sampler", "Generators", "draw_noise"]
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
