@@ -167,7 +167,7 @@ def test_build_objective_errors_are_clear(dino, lpips_net):
 
 
 def test_balancer_state_round_trips_through_the_state_dict(tmp_path, dino, lpips_net):
-    obj = objective(dino, lpips_net, balancer={"start_step": 10, "every": 5})
+    obj = objective(dino, lpips_net, balancer={"start_step": 10, "every": 5}, percept_t_threshold=0.0)  # always gated in
     model = tiny_jit()
     for step in (5, 10, 12, 15):
         out = obj(model, batch(), step=step, generator=torch.Generator().manual_seed(step))
