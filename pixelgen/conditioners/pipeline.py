@@ -148,8 +148,8 @@ class TextToImagePipeline:
             options["pad_mask"] = pad_mask
         elif recorded and text_encoder is None:
             options["pad_mask"] = bool(recorded.get("pad_mask", False))
-        if isinstance(spec, dict):
-            spec = {k: v for k, v in spec.items() if k not in ("max_length", "pad_mask", "embed_dim")}
+        if isinstance(spec, dict):  # the recorded encoder; the token count always follows the model
+            spec = {k: v for k, v in spec.items() if k not in ("max_length", "pad_mask")}
         conditioner = build_conditioner_from_spec(spec, device=device, **options)
         return cls(model, conditioner, device=device, autocast_dtype=autocast_dtype)
 
@@ -178,7 +178,7 @@ class TextToImagePipeline:
     def _check_size(self, height: int | None, width: int | None) -> tuple[int, int]:
         size = int(self.model.input_size)
         patch = int(self.model.patch_size)
-        h, w = height or size, width or size
+        h, w = size if height is None else height, size if width is None else width
         for name, value in (("height", h), ("width", w)):
             if not isinstance(value, int) or value < patch or value % patch:
                 raise ValueError(f"The image {name} must be a positive multiple of the patch size {patch}, got {value!r}.")
