@@ -231,7 +231,7 @@ def test_grid_matches_spec_examples():
     torch.testing.assert_close(base, torch.tensor([0.0, 0.2, 0.4, 0.6, 1.0]))
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.floats(0.01, 1.0), min_size=1, max_size=4),
     st.floats(0.01, 1.0),
@@ -242,7 +242,9 @@ def test_adams_weights_sum_to_one(gaps, last_gap, stable):
     target = points[-1] + last_gap
     weights = adams_coefficients(points, target, stable=stable)
     assert len(weights) == len(points)
-    assert abs(sum(weights) - 1.0) < (1e-12 if stable else 1e-5)
+    # Weights can be large with uneven steps; their sum is exact up to rounding of that size.
+    scale = max(1.0, sum(abs(w) for w in weights))
+    assert abs(sum(weights) - 1.0) < (1e-12 if stable else 1e-6) * scale
 
 
 @settings(max_examples=60, deadline=None)
