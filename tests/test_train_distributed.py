@@ -47,15 +47,25 @@ def single(tmp_path_factory) -> Path:
     return out
 
 
-def test_two_gloo_processes_equal_one_process_with_the_doubled_batch(single, tmp_path):
-    _launch(tmp_path, nproc=2, batch=BATCH)
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gloo_processes_equal_one_process_with_the_doubled_batch(single, tmp_path, strategy):
+    """DDP, and FSDP2 (``fully_shard`` per block, full state gathered for the checkpoint), on gloo."""
+    _launch(tmp_path, nproc=2, batch=BATCH, strategy=strategy)
     one, two = load_training_checkpoint(single), load_training_checkpoint(tmp_path)
     assert one["step"] == two["step"] == STEPS and two["world_size"] == 2
     assert one["samples_seen"] == two["samples_seen"] == STEPS * 2 * BATCH
+    # Same data and the same per-sample draws: the first step's loss (averaged over ranks) agrees to float precision.
+    loss = lambda d: [r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert loss(single)[0] == pytest.approx(loss(tmp_path)[0], rel=1e-6)
+    # The weights after K AdamW steps agree up to float noise. The summation order differs (all-reduce of two
+    # half-batch gradients vs one batch), and Adam's division by sqrt(v) magnifies that noise for entries whose
+    # gradient is near zero (the zero-initialised adaLN-Zero layers), so: typical entries agree to 1e-4 of the
+    # learning rate, and every entry to 5% of it (different random draws would differ by ~lr everywhere).
+    lr = 1e-3
     for part in ("model", "ema", "objective"):
-        for key, value in one[part].items():
-            if isinstance(value, torch.Tensor) and value.is_floating_point():
-                torch.testing.assert_close(two[part][key], value, rtol=1e-4, atol=1e-5, msg=f"{part}.{key}")
+        diffs = torch.cat([(two[part][k] - v).abs().flatten() for k, v in one[part].items()
+                           if isinstance(v, torch.Tensor) and v.is_floating_point()])
+        assert diffs.median() < 1e-4 * lr and diffs.max() < 0.05 * lr, (part, diffs.median(), diffs.max())
     # The weights did move (EMA lags behind them), so this is not a comparison of two untouched initialisations.
     assert any(not torch.equal(one["model"][k], one["ema"][k]) for k in one["model"] if one["model"][k].is_floating_point())
     # Ranks are seeded apart: each saved its own RNG stream.

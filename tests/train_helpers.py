@@ -139,7 +139,7 @@ def tiny_encoders(patch: int = 4) -> dict:
     """Random tiny frozen encoders for objective tests (built from the global seed)."""
     return {
         "dinov2": {"weights": "random", "base_patch_size": patch, "model_overrides": {"embed_dim": 32, "depth": 2, "num_heads": 2}},
-        "lpips": {"net": "alex", "weights": "random"},
+        "lpips": {"net": "vgg", "weights": "random"},  # VGG works from 16 px (AlexNet needs 31)
     }
 
 

@@ -422,7 +422,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}", img_s=f"{rate:.1f}")
                 if self.step % c.log_every == 0 or self.step == c.max_steps:
                     elapsed = max(time.perf_counter() - window_start, 1e-9)
-                    values = {**values, "lr": self.scheduler.get_last_lr()[0], "images_per_s": global_batch * window_steps / elapsed}
+                    values = {**self._mean_over_ranks(values), "lr": self.scheduler.get_last_lr()[0], "images_per_s": global_batch * window_steps / elapsed}
                     self.logger.log(self.step, values)
                     window_start, window_steps = time.perf_counter(), 0
                 if c.sample.num_images and self.step % c.sample.every == 0:
@@ -442,6 +442,15 @@ class Trainer:
         export_dir = self.export() if c.export_ema else None
         self._finish_logs()
         return TrainResult(self.step, self.out_dir, checkpoint, export_dir, stopped, last_loss)
+
+    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        """Logged values averaged over ranks (each rank's are means over its own part of the batch)."""
+        if not self.dist.distributed:
+            return values
+        names = sorted(values)
+        t = torch.tensor([values[k] for k in names], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return dict(zip(names, (t / self.dist.world_size).tolist()))
 
     def _on_bad_step(self, values: dict[str, float], problem: str | None) -> None:
         self.bad_steps += 1
