@@ -27,7 +27,7 @@ from pixelgen.train import (
 )
 from pixelgen.utils.io import CheckpointError
 
-from train_helpers import NaNAt, RandomImages, SeededFlowMatching, tiny_jit
+from train_helpers import NaNAt, RandomImages, SeededFlowMatching, tiny_encoders, tiny_jit
 
 HERE = Path(__file__).parent
 
@@ -46,6 +46,7 @@ def small_config(out: Path, *extra: str) -> TrainConfig:
             "ckpt_every=1000",
             "export_ema=false",
             "ema_decay=0.9",
+            "num_threads=1",  # tiny tensors: one thread is as fast, and robust when the cores are shared
             *extra,
         ],
     )
@@ -158,6 +159,36 @@ def test_optimizer_has_paper_defaults_and_leaves_out_the_frozen_pos_embed(tmp_pa
     assert id(trainer.model.pos_embed) not in ids and len(ids) == sum(p.requires_grad for p in trainer.model.parameters())
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in trainer.objective.parameters()}
     trainer.close()
+
+
+# -- overfitting -------------------------------------------------------------------------------------------
+class FixedDraws(torch.nn.Module):
+    """The real objective with the same t, noise and label drop at every call: one batch, one set of draws."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, model, batch, step=0):
+        return self.inner(model, batch, step=step, generator=torch.Generator().manual_seed(0))
+
+
+def test_a_tiny_model_overfits_one_batch_with_the_full_objective(tmp_path):
+    import pixelgen
+
+    torch.manual_seed(0)
+    data = RandomImages(n=4, size=16)
+    batch = {"image": data.images, "raw": (data.images + 1) / 2, "label": torch.arange(4)}
+    objective = pixelgen.build_objective("pixelgen", hidden_size=32, align_layer=1, encoders=tiny_encoders())
+    cfg = small_config(tmp_path, "max_steps=60", "optim.lr=3e-3", "log_every=1")
+    trainer = Trainer(cfg, model=tiny_jit(), objective=FixedDraws(objective), loader=[batch], progress=False)
+    trainer.fit()
+    trainer.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert {"flow_matching", "repa", "lpips", "pdino", "percept_weight"} <= set(rows[0])
+    first, last = rows[0]["loss"], rows[-1]["loss"]
+    assert last < first / 5, (first, last)
+    assert rows[-1]["flow_matching"] < rows[0]["flow_matching"] / 5
 
 
 # -- resume exactness --------------------------------------------------------------------------------------

@@ -132,8 +132,9 @@ class Trainer:
         self.batch_transform = batch_transform
         self.class_names = class_names
         self.progress = progress
+        self._threads_before = torch.get_num_threads()
         if config.num_threads is not None:
-            torch.set_num_threads(config.num_threads)
+            torch.set_num_threads(config.num_threads)  # restored by close()
         self.dist: DistInfo = setup_distributed(config.device)
         self.device = self.dist.device
         self.amp_dtype = autocast_dtype_for(config.precision, self.device)
@@ -528,6 +529,7 @@ class Trainer:
     def close(self) -> None:
         self.logger.close()
         cleanup_distributed(self.dist)
+        torch.set_num_threads(self._threads_before)
 
 
 def train(config: TrainConfig, *, resume: str | None = None, **parts: Any) -> TrainResult:
