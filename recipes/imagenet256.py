@@ -122,13 +122,14 @@ def prepare(config: TrainConfig, args: argparse.Namespace) -> TrainConfig:
             # LPIPS on the AlexNet trunk in the demo: ~20x cheaper on CPU than the paper's VGG, same code path.
             patch = int(config.model.overrides.get("patch_size", DEMO_PATCH))
             config.objective.overrides["encoders"] = demo_encoder_overrides(patch, lpips_net="alex")
-    elif config.data.dataset == "imagenet":
+    elif config.data.dataset == "imagenet" and not args.print_config:
         check_image_folder(config.data.root)
     return config
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_recipe(PRESETS, default="pixelgen_xl", description=__doc__.splitlines()[0], demo=demo, argv=argv, prepare=prepare)
+    return run_recipe(PRESETS, default="pixelgen_xl", description=__doc__.splitlines()[0], demo=demo, argv=argv, prepare=prepare,
+                      prog="imagenet256.py")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -24,8 +25,8 @@ log = logging.getLogger("pixelgen.recipe")
 Preset = Callable[[], TrainConfig]
 
 
-def build_parser(description: str, presets: Mapping[str, Preset], default: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+def build_parser(description: str, presets: Mapping[str, Preset], default: str, prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--preset", default=default, choices=sorted(presets), help=f"configuration preset (default: {default})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set optim.lr=2e-4 (repeatable)")
@@ -106,9 +107,10 @@ def run_recipe(
     demo: Preset | None = None,
     argv: Sequence[str] | None = None,
     prepare: Callable[[TrainConfig, argparse.Namespace], TrainConfig] | None = None,
+    prog: str | None = None,
 ) -> int:
     """Parse the command line, resolve the config, train. ``prepare`` may adjust the config (e.g. demo encoders)."""
-    parser = build_parser(description, presets, default)
+    parser = build_parser(description, presets, default, prog)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.list_presets:
@@ -130,8 +132,10 @@ def run_recipe(
         if args.verbose:
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
         return 2
+    if int(os.environ.get("RANK", 0)) != 0:
+        return 0
     summary = {"step": result.step, "stopped": result.stopped, "out_dir": str(result.out_dir),
                "checkpoint": str(result.checkpoint) if result.checkpoint else None,
                "export": str(result.export_dir) if result.export_dir else None, "last_loss": result.last_loss}
