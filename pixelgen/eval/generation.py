@@ -11,6 +11,11 @@
 * Result: once every shard exists, ``<out>/samples.npz`` (``arr_0``: uint8 (N, H, W, 3), ordered by sample
   index: the ADM-suite format) is streamed from the shards, plus a few PNG grids. ``<out>/run.json`` records
   everything that determines the images; a restart with different settings is refused.
+
+Batches start at shard boundaries, so with a fixed ``batch_size`` every image is computed in the same batch
+whatever the process count: the file is byte-identical for any split on any device. Across batch sizes it is
+byte-identical when the kernels give the same numbers for a row whatever the batch (true of the CPU tests
+here); on GPUs keep ``--batch-size`` (and the GPU type) fixed when a resumed run must match bit for bit.
 """
 
 from __future__ import annotations
