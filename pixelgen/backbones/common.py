@@ -26,6 +26,10 @@ def unknown_arguments_message(what: str, unknown: list[str], valid: list[str]) -
     return f"Unknown argument(s) {', '.join(sorted(unknown))} for {what}; valid arguments: {', '.join(valid)}."
 
 
+def _recording_cuda_graph(t: torch.Tensor) -> bool:
+    return t.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 class JiTBase(nn.Module):
     """Base of the JiT backbones.
 
@@ -35,7 +39,8 @@ class JiTBase(nn.Module):
     ``check_inputs`` (default True) validates every forward's inputs with one-sentence errors. The value checks
     (t in [0, 1], labels in range) cost one host sync per call on a GPU; they can be turned off with
     ``model.check_inputs = False``, and are skipped while ``torch.compile`` traces the model (a host sync would
-    split the graph); the shape checks always run.
+    split the graph) and while a CUDA graph records it (a host sync is not allowed there); the shape checks
+    always run.
     """
 
     arch: str
@@ -105,7 +110,7 @@ class JiTBase(nn.Module):
 
     def _check_values(self, t: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         """t in [0, 1] and labels in [0, num_classes], with a single host sync; details only on failure."""
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or _recording_cuda_graph(t):
             return
         bad = [~((t >= 0) & (t <= 1))]  # NaN fails both comparisons
         if labels is not None:
