@@ -34,6 +34,7 @@ def run(args) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    log.info("scoring %s against %s on %s", args.samples, args.ref, device)
     result = evaluate(
         args.samples,
         args.ref,
