@@ -15,22 +15,22 @@ Sections (run in this order; ``--sections`` picks a subset):
   kernels against a float64 reference (outputs and gradients). Float32 references run with TF32 off.
 * ``attention``: each SDPA kernel (and xformers when it works) alone at the XL shape (batch 32, 16 heads,
   288 tokens, head dim 72), forward and forward+backward.
+* ``sample``: 50-step exact Heun, shift 2, batch 64, without guidance and with guidance
+  2.25 on (0.1, 0.9]: eager, CUDA graphs (``GraphedDenoiser``), compiled, compiled + CUDA graphs; images of
+  each variant are compared with the eager ones.
 * ``train``: one optimiser step of PixelGen-XL/16 at batch 32, 256 px, bf16 autocast: the full objective (FM +
   REPA + LPIPS + P-DINO with noise gating), FM + REPA only, and the full objective with the frozen networks
   in bf16 and LPIPS channels-last; fused AdamW, foreach EMA, the trainer's one host sync per step; eager and
-  ``torch.compile`` (``--compile``).
-* ``sample``: 50-step exact Heun, shift 2, batch 64, without guidance and with guidance 2.25 on (0.1, 0.9]:
-  eager, CUDA graphs (``GraphedDenoiser``), compiled, compiled + CUDA graphs; images of each variant are
-  compared with the eager ones.
+  ``torch.compile`` (``--compile``; the variant with compiled frozen networks comes last).
 
 Every throughput comes with the model FLOPs (``pixelgen.utils.flops``: multiply-add = 2 FLOPs, matrix
 products only, no recomputation), the achieved TFLOP/s and the model FLOP utilisation against the card's
 bf16 dense peak (798 TFLOP/s measured on this workplace's H100; ``--peak-tflops``), next to the original's
 figures. Frozen networks use random weights (no network access); the backbone's zero-initialised layers
 are re-drawn (std 0.02) so that its outputs depend on its inputs. Results go to ``--out`` (default
-``$OUT``): ``suite.json``, ``suite.md``, ``profiles.txt`` (kernel-time tables of one full training step and one
-guided sampling call, eager and compiled), ``xformers_info.txt``; each section prints its elapsed time; sections or variants that would
-start after ``--budget-s`` seconds are skipped and listed.
+``$OUT``): ``suite.json``, ``suite.md``, ``profiles.txt`` (kernel-time tables of one full training step and
+one guided sampling call, eager and compiled), ``xformers_info.txt``. Each section prints its elapsed time;
+sections or variants that would start after ``--budget-s`` seconds are skipped and listed.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ from pixelgen.nn import ATTENTION_BACKENDS, xformers_status  # noqa: E402
 from pixelgen.samplers import GraphedDenoiser, build_sampler, to_uint8  # noqa: E402
 from pixelgen.utils.flops import jit_flops, training_step_flops  # noqa: E402
 
-SECTIONS = ("env", "correctness", "attention", "train", "sample")
+SECTIONS = ("env", "correctness", "attention", "sample", "train")  # cheapest compile first: a budget cut hits training's last variant
 H100_BF16_PEAK_TFLOPS = 798.0  # 8192³ bf16 product on this workplace's H100 (device KINDS.md, 2026-11-13)
 
 # The original code on one H100 80GB HBM3 (issue 8): torch 2.11, bf16 autocast, torch.compile as it ships.
@@ -731,7 +731,8 @@ def section_sample(suite: Suite) -> None:
 
         def compiled() -> Callable:
             if not compiled_model:
-                compiled_model.append(torch.compile(model, backend=suite.args.compile_backend))
+                # static shapes: one graph for B rows, one for the 2B rows of guided steps
+                compiled_model.append(torch.compile(model, backend=suite.args.compile_backend, dynamic=False))
             return compiled_model[0]
 
         variants += [("compiled", compiled), ("compiled + cuda graphs", lambda: GraphedDenoiser(compiled()))]
