@@ -159,6 +159,7 @@ def _run_from_command_line() -> None:
     cfg = apply_overrides(TrainConfig(), [
         f"out_dir={out}", f"max_steps={steps}", f"data.batch_size={batch}", "data.num_workers=0", "sample.num_images=0",
         "optim.lr=1e-3", "log_every=1", "ckpt_every=1000", "export_ema=false", "per_sample_noise=true", f"strategy={strategy}",
+        "ema_decay=0.5",
         "model.name=jit", "model.overrides={\"input_size\": 16, \"patch_size\": 4, \"hidden_size\": 32, \"depth\": 2, "
         "\"num_heads\": 2, \"num_classes\": 4, \"bottleneck_dim\": 16, \"in_context_len\": 2, \"in_context_start\": 1}",
         f"objective.preset={preset}", "objective.overrides={\"align_layer\": 1}",

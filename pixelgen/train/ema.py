@@ -27,6 +27,11 @@ class EMA:
         self.decay = float(decay)
         self.model = shadow if shadow is not None else copy.deepcopy(model)
         self.model.to(torch.float32).eval().requires_grad_(False)
+        self.track(model)
+
+    def track(self, model: nn.Module) -> None:
+        """(Re)pair the averaged parameters with ``model``'s; call again after anything that replaces the
+        model's parameter objects (FSDP2's ``fully_shard`` does)."""
         self._pairs = self._match(model)
 
     def _match(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

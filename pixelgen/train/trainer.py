@@ -143,7 +143,7 @@ class Trainer:
         self.ckpt = CheckpointManager(self.out_dir)
         self.logger = MetricsLogger(self.out_dir, enabled=self.dist.is_main)
         self.step = 0
-        self.samples_seen = 0  # global samples used by the optimiser so far (per-sample seeds count from here)
+        self.samples_seen = 0  # global samples drawn so far, counted when per_sample_noise is on (seeds start here)
         self.bad_steps = 0
 
         # Identical initial weights on every rank: build under the run seed, then seed the ranks apart.
@@ -153,6 +153,7 @@ class Trainer:
         self.ema = EMA(self.model, config.ema_decay)
         self.modules = TrainModules(self.model, self.objective)
         self.train_step_module = self._wrap(self.modules)
+        self.ema.track(self.model)  # FSDP2 replaced the parameter objects with sharded ones
         if config.compile:
             self.model.compile()
         self.optimizer = self._build_optimizer()
@@ -312,7 +313,8 @@ class Trainer:
         log.info("Initialised weights and EMA from %s (new optimiser, step 0).", path)
 
     # -- the loop ------------------------------------------------------------------------------------------
-    def _batches(self) -> Iterator[dict[str, Any]]:
+    def batches(self) -> Iterator[dict[str, Any]]:
+        """Endless training batches, epoch after epoch, continuing from the loader's saved position."""
         while True:
             self._seed_loader_iterator()
             empty = True
@@ -367,8 +369,13 @@ class Trainer:
             return None, values, problem or "another rank had a non-finite loss"
         return out["loss"], values, None
 
-    def _optimizer_step(self, batches: Iterator[dict[str, Any]]) -> tuple[bool, dict[str, float], str | None]:
-        """One optimiser step over ``grad_accum`` micro-batches; returns (applied, mean values, problem)."""
+    def optimizer_step(self, batches: Iterator[dict[str, Any]]) -> tuple[bool, dict[str, float], str | None]:
+        """One optimiser step over ``grad_accum`` micro-batches from ``batches`` (see :meth:`batches`).
+
+        Returns (applied, values averaged over the micro-batches, problem): a step with a non-finite loss is
+        not applied (no optimiser and no EMA update) and ``problem`` names the terms. Does not advance ``step``
+        (:meth:`fit` does, with logging and checkpoints); benchmarks call it directly.
+        """
         accum = self.config.optim.grad_accum
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
@@ -402,14 +409,14 @@ class Trainer:
             self.ckpt.remove_stale_temporaries()
             atomic_save_json(c.to_dict(), self.out_dir / "config.json")
         self.modules.train()
-        batches = self._batches()
+        batches = self.batches()
         global_batch = c.data.batch_size * c.optim.grad_accum * self.dist.world_size
         bar = _progress(self.step, c.max_steps, enabled=self.progress and self.dist.is_main)
         last_loss, stopped, window_start, window_steps = None, "max_steps", time.perf_counter(), 0
         checkpoint, saved_at = None, -1
         try:
             while self.step < c.max_steps:
-                applied, values, problem = self._optimizer_step(batches)
+                applied, values, problem = self.optimizer_step(batches)
                 if not applied:
                     self._on_bad_step(values, problem)
                     continue
