@@ -324,6 +324,33 @@ def test_init_from_a_different_resolution_regenerates_pos_embed(tmp_path):
     trainer.close()
 
 
+# -- precision, clipping, warm-up -------------------------------------------------------------------------
+def test_bf16_autocast_on_cpu_keeps_fp32_master_weights(tmp_path):
+    trainer, result = run(small_config(tmp_path, "max_steps=2", "precision=bf16"))
+    assert trainer.amp_dtype == torch.bfloat16 and result.last_loss is not None
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert all(p.dtype == torch.float32 for p in trainer.ema.model.parameters())
+    assert all(s["exp_avg"].dtype == torch.float32 for s in trainer.optimizer.state.values())
+
+
+def test_warmup_is_linear_and_clipping_reports_the_gradient_norm(tmp_path):
+    run(small_config(tmp_path, "max_steps=5", "optim.warmup_steps=4", "optim.lr=1e-3", "optim.grad_clip=1.0"))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert [r["lr"] for r in rows] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+    assert all(r["grad_norm"] > 0 for r in rows)
+
+
+def test_clipping_bounds_the_gradient_norm(tmp_path):
+    trainer = Trainer(small_config(tmp_path, "optim.grad_clip=1e-3"), model=tiny_jit(), objective=SeededFlowMatching(),
+                      dataset=RandomImages(n=12), progress=False)
+    applied, values, _ = trainer.optimizer_step(trainer.batches())
+    trainer.close()
+    assert applied and values["grad_norm"] > 1e-3  # the norm before clipping is reported ...
+    params = [p for g in trainer.optimizer.param_groups for p in g["params"] if p.grad is not None]
+    clipped = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    assert clipped == pytest.approx(1e-3, rel=1e-3)  # ... and the gradients the optimiser used had norm 1e-3
+
+
 # -- logs --------------------------------------------------------------------------------------------------
 def test_logs_config_and_loss_curve_are_written(tmp_path):
     run(small_config(tmp_path, "max_steps=4"))
@@ -335,3 +362,4 @@ def test_logs_config_and_loss_curve_are_written(tmp_path):
     from PIL import Image
 
     assert Image.open(tmp_path / "loss_curve.png").size == (640, 360)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))  # TensorBoard is installed here

@@ -396,6 +396,7 @@ class Trainer:
             if not math.isfinite(sums["grad_norm"]):
                 self.optimizer.zero_grad(set_to_none=True)
                 return False, sums, f"non-finite gradient norm {sums['grad_norm']}"
+        sums["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         self.optimizer.step()
         self.scheduler.step()
         self.ema.update()
@@ -430,7 +431,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}", img_s=f"{rate:.1f}")
                 if self.step % c.log_every == 0 or self.step == c.max_steps:
                     elapsed = max(time.perf_counter() - window_start, 1e-9)
-                    values = {**self._mean_over_ranks(values), "lr": self.scheduler.get_last_lr()[0], "images_per_s": global_batch * window_steps / elapsed}
+                    values = {**self._mean_over_ranks(values), "images_per_s": global_batch * window_steps / elapsed}
                     self.logger.log(self.step, values)
                     window_start, window_steps = time.perf_counter(), 0
                 if c.sample.num_images and self.step % c.sample.every == 0:
