@@ -197,7 +197,11 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def _free() -> None:
+def _free(*, compiled_code: bool = False) -> None:
+    """Release memory between measurements; ``compiled_code``: also drop torch.compile's caches, which keep the
+    compiled models (and their weights) alive."""
+    if compiled_code:
+        torch._dynamo.reset()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -651,10 +655,10 @@ def section_train(suite: Suite) -> None:
                 suite.add_result("train", name, error=_first_line(exc), traceback=traceback.format_exc()[-3000:])
             _free()
         del model, ema
-        _free()
+        _free(compiled_code=True)
         suite.save()
     del frozen, fast_frozen
-    _free()
+    _free(compiled_code=True)
 
 
 def time_train_variant(suite: Suite, kind: str, name: str, model: nn.Module, ema: Any, encoders: dict[str, nn.Module],
@@ -726,8 +730,8 @@ def section_sample(suite: Suite) -> None:
     noise, labels, null = _sampling_inputs(suite, model, suite.sizes.sample_batch)
     per_row = jit_flops(model.config).forward
     variants: list[tuple[str, Callable[[], Callable]]] = [("eager", lambda: model), ("cuda graphs", lambda: GraphedDenoiser(model))]
+    compiled_model: list[Any] = []  # built on first use, shared by the two compiled variants
     if True in compile_modes(suite):
-        compiled_model: list[Any] = []
 
         def compiled() -> Callable:
             if not compiled_model:
@@ -745,15 +749,16 @@ def section_sample(suite: Suite) -> None:
             name = f"sample Heun-{suite.sizes.sample_steps} {setting} ({label})"
             if not suite.within_budget(name):
                 continue
+            sampler = build_sampler("heun", num_steps=suite.sizes.sample_steps, **HEUN, **extra)
             try:
-                time_sample_variant(suite, name, make(), setting, build_sampler("heun", num_steps=suite.sizes.sample_steps, **HEUN, **extra), (noise, labels, null),
-                                    per_row, eager_images)
+                time_sample_variant(suite, name, make(), setting, sampler, (noise, labels, null), per_row, eager_images)
             except Exception as exc:
                 suite.add_result("sample", name, error=_first_line(exc), traceback=traceback.format_exc()[-3000:])
             _free()
         suite.save()
-    del model
-    _free()
+    compiled_model.clear()
+    del model, variants
+    _free(compiled_code=True)
 
 
 def time_sample_variant(suite: Suite, name: str, denoiser: Callable, setting: str, sampler: Any, inputs: tuple[torch.Tensor, ...],
