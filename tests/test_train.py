@@ -292,6 +292,34 @@ def test_a_process_killed_while_writing_a_checkpoint_leaves_the_previous_one_loa
     assert result.step == 3 and not list(ckpt_dir.glob(".*.tmp"))
 
 
+def test_sigterm_stops_after_the_step_with_a_checkpoint(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys, json
+        sys.path.insert(0, {str(HERE)!r})
+        from train_helpers import RandomImages, SeededFlowMatching, tiny_jit
+        from pixelgen.train import Trainer, TrainConfig, apply_overrides
+
+        class TermAt(SeededFlowMatching):
+            calls = 0
+            def forward(self, model, batch, step=0):
+                TermAt.calls += 1
+                if TermAt.calls == 3:
+                    os.kill(os.getpid(), signal.SIGTERM)   # as a cluster scheduler would, mid-step
+                return super().forward(model, batch, step=step)
+
+        cfg = apply_overrides(TrainConfig(), ["out_dir={tmp_path}", "max_steps=1000", "data.batch_size=4",
+            "data.num_workers=0", "sample.num_images=0", "export_ema=false"])
+        trainer = Trainer(cfg, model=tiny_jit(), objective=TermAt(), dataset=RandomImages(n=12), progress=False)
+        print(json.dumps({{"stopped": trainer.fit().stopped}}))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"stopped": "interrupted"}
+    assert load_training_checkpoint(tmp_path)["step"] == 3  # the step in progress finished, then it stopped
+
+
 def test_a_truncated_checkpoint_is_reported_clearly(tmp_path):
     run(small_config(tmp_path, "max_steps=1"))
     latest = tmp_path / "checkpoints" / "latest.pt"

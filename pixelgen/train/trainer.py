@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -403,7 +405,15 @@ class Trainer:
         return True, sums, None
 
     def fit(self) -> TrainResult:
-        """Train until ``max_steps`` (resumed runs continue from their step); always cleans up."""
+        """Train until ``max_steps`` (resumed runs continue from their step).
+
+        Ctrl-C or SIGTERM (a scheduler's preemption) ends the run after the current step, all ranks together,
+        with a checkpoint, the sample grid and the export, as at a normal end (``stopped="interrupted"``).
+        """
+        with _stop_on_sigterm() as stop_requested:
+            return self._fit(stop_requested)
+
+    def _fit(self, stop_requested: Callable[[], bool]) -> TrainResult:
         c = self.config
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -417,6 +427,10 @@ class Trainer:
         checkpoint, saved_at = None, -1
         try:
             while self.step < c.max_steps:
+                if any_true(stop_requested(), self.device):
+                    stopped = "interrupted"
+                    log.warning("Stop requested (SIGTERM) at step %d; saving a checkpoint.", self.step)
+                    break
                 applied, values, problem = self.optimizer_step(batches)
                 if not applied:
                     self._on_bad_step(values, problem)
@@ -610,6 +624,20 @@ def _load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     missing = [k for k in missing if k not in state]  # only the regenerated tables may be missing
     if missing or unexpected:
         raise ValueError(f"The checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[Callable[[], bool]]:
+    """While active, SIGTERM sets a flag (read through the yielded function) instead of killing the process."""
+    received = []
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield lambda: False
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: received.append(True))
+    try:
+        yield lambda: bool(received)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _progress(start: int, total: int, *, enabled: bool):
