@@ -157,6 +157,9 @@ class Trainer:
         self.train_step_module = self._wrap(self.modules)
         self.ema.track(self.model)  # FSDP2 replaced the parameter objects with sharded ones
         if config.compile:
+            # The adaptive perceptual weight takes autograd.grad(..., retain_graph=True) through the compiled
+            # graph, which donated buffers would break (spec §6.4).
+            torch._functorch.config.donated_buffer = False
             self.model.compile()
         self.optimizer = self._build_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup(config.optim.warmup_steps))
@@ -353,6 +356,8 @@ class Trainer:
         """Forward one micro-batch; returns (loss to back-propagate or None, logged values, problem)."""
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
         no_sync = contextlib.nullcontext() if sync or not hasattr(self.train_step_module, "no_sync") else self.train_step_module.no_sync()
+        if hasattr(self.train_step_module, "set_requires_gradient_sync"):  # FSDP2: reduce on the last micro-batch only
+            self.train_step_module.set_requires_gradient_sync(sync)
         problem = None
         with no_sync, autocast:
             try:
