@@ -274,10 +274,9 @@ def test_stage_transitions_fresh_optimiser_and_kept_ema(demo_run):
 
 def test_resume_within_a_stage(demo_run):
     t2i, out, summary = demo_run
-    config = t2i.demo_config("sft512", out, steps=3, sft_data=out / "sft_captions", grid_steps=2)
-    config.init_from = str(out / "pretrain512")  # ignored: the run has a checkpoint to continue
+    config = t2i.demo_config("pretrain256", out, steps=3, grid_steps=2)
     settings = t2i.T2ISettings(text_encoder=dict(t2i.DEMO_TEXT_ENCODER), prompts=["a photo of a cat"])
-    result = t2i.train_stage(config, settings, stage="sft512", resume="auto", progress=False)
+    result = t2i.train_stage(config, settings, stage="pretrain256", resume="auto", progress=False)
     assert result.step == 3
-    events = [json.loads(line) for line in (out / "sft512" / "metrics.jsonl").read_text().splitlines()]
+    events = [json.loads(line) for line in (out / "pretrain256" / "metrics.jsonl").read_text().splitlines()]
     assert any(e.get("event") == "resume" for e in events)
