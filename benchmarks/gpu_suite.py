@@ -830,7 +830,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             "| {name} | {ms} | {ips} | {peak} | {tf} | {mfu} | {orig} | {speed} | {target} |".format(
                 name=row["name"], ms=_cell(row.get("ms"), "{:.1f}"), ips=_cell(row.get("images_per_s"), "{:.1f}"),
-                peak=_cell(row.get("peak_gib"), "{:.1f}"), tf=_cell(row.get("tflops"), "{:.0f}"),
+                peak=_cell(row.get("peak_gib"), "{:.1f}"), tf=_cell(row.get("tflops"), "{:.3g}"),
                 mfu=_cell(None if mfu is None else 100 * mfu, "{:.1f}%"), orig=_cell(original, "{:.1f}"),
                 speed=_cell(row.get("speedup"), "{:.2f}×"),
                 target="" if row.get("meets_target") is None else ("met" if row["meets_target"] else f"missed ({row['target_images_per_s']:g})"),
@@ -869,7 +869,7 @@ def print_table(report: dict[str, Any]) -> None:
         original = (row.get("original") or {}).get("images_per_s")
         mfu = row.get("mfu")
         log(f"{row['name'][:62]:62s} {_cell(row.get('ms'), '{:9.1f}'):>9s} {_cell(row.get('images_per_s'), '{:8.1f}'):>8s} "
-            f"{_cell(row.get('peak_gib'), '{:6.1f}'):>6s} {_cell(row.get('tflops'), '{:8.0f}'):>8s} "
+            f"{_cell(row.get('peak_gib'), '{:6.1f}'):>6s} {_cell(row.get('tflops'), '{:8.3g}'):>8s} "
             f"{_cell(None if mfu is None else 100 * mfu, '{:5.1f}%'):>6s} {_cell(original, '{:6.1f}'):>6s} {_cell(row.get('speedup'), '{:5.2f}×'):>6s}")
 
 
