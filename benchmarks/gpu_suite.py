@@ -424,7 +424,7 @@ def xformers_report(suite: Suite) -> dict[str, Any]:
     report["version"] = getattr(xformers, "__version__", "?")
     cpp = getattr(xformers, "_cpp_lib", None)
     load_error = getattr(cpp, "_cpp_library_load_exception", None)
-    report["extension_loaded"] = load_error is None
+    report["extension_loaded"] = None if cpp is None else load_error is None
     report["built_with_cuda"] = getattr(cpp, "_built_with_cuda", None)
     if load_error is not None:
         report["extension_error"] = str(load_error).strip()

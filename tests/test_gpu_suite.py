@@ -65,7 +65,7 @@ def test_tiny_suite_writes_every_section(suite, tmp_path, failing_xformers):
     assert env["torch"] == torch.__version__ and env["sdpa_kernels"]["math"] == "ok"
     xformers = env["xformers"]
     assert xformers["status"].startswith("memory_efficient_attention failed: NotImplementedError: No operator found")
-    assert xformers["extension_loaded"] is True  # the fake has no C++ extension to fail
+    assert xformers["extension_loaded"] is None  # the fake has no C++ extension at all
     assert (tmp_path / "xformers_info.txt").exists()
 
     correctness = saved["correctness"]
