@@ -10,7 +10,7 @@
 # image's own `nvidia` namespace package. See benchmarks/README.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT="${OUT:-$PWD/gpu_suite_out}"
+OUT="${OUT:-/tmp/gpu_suite_out}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 
