@@ -131,7 +131,7 @@ DEMO_MODEL = dict(
     txt_embed_dim=64, txt_max_length=128, bottleneck_dim=32,
 )  # fmt: skip
 DEMO_RES = {"pretrain256": 32, "pretrain512": 64, "sft512": 64}
-DEMO_STEPS = {"pretrain256": 60, "pretrain512": 30, "sft512": 20}
+DEMO_STEPS = {"pretrain256": 200, "pretrain512": 60, "sft512": 40}
 
 
 def demo_objective_overrides() -> dict[str, Any]:

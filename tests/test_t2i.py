@@ -221,7 +221,7 @@ def test_stage_presets():
 def demo_run(tmp_path_factory):
     t2i = _load_recipe()
     out = tmp_path_factory.mktemp("t2i_demo")
-    summary = t2i.run_demo(out, steps_scale=0.04, grid_steps=2, progress=False)
+    summary = t2i.run_demo(out, steps_scale=0.01, grid_steps=2, progress=False)
     return t2i, out, summary
 
 
