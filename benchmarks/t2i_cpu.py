@@ -7,7 +7,10 @@
    second half of the steps so start-up costs are left out;
 3. the wall time of ``python recipes/t2i.py --demo`` (all three stages), unless ``--skip-demo``.
 
-    python benchmarks/t2i_cpu.py [--threads 2] [--steps 10] [--skip-demo]
+    python benchmarks/t2i_cpu.py [--threads 1] [--steps 10] [--skip-demo]
+
+One thread by default: on a small CPU shared with other jobs, multi-threaded kernels of these tiny models
+spend most of their time waiting for each other, and the figures swing by 10x between runs.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ def training_throughput(recipe, stage: str, steps: int, out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=10, help="training steps per measurement (the second half is timed)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--skip-demo", action="store_true")
