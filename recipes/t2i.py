@@ -42,7 +42,7 @@ from typing import Any, Sequence
 
 import torch
 
-from pixelgen.train import TrainConfig, apply_overrides
+from pixelgen.train import TrainConfig
 from pixelgen.train.config import DataConfig, ModelConfig, ObjectiveConfig, OptimConfig, SampleConfig
 
 log = logging.getLogger("recipes.t2i")
@@ -221,6 +221,19 @@ def run_demo(out: Path, *, steps_scale: float = 1.0, grid_steps: int = 25, progr
 
 
 # -- running a stage -------------------------------------------------------------------------------------
+def check_caption_data(dataset: str, root: str | None) -> None:
+    """Fail in one sentence before the (large) text encoder loads when the stage's data cannot be found."""
+    if not root:
+        raise FileNotFoundError("No training data given: pass --data (webdataset shards for pretraining, a caption folder for sft512).")
+    if dataset == "caption_folder":
+        if not Path(root).expanduser().is_dir():
+            raise FileNotFoundError(f"The caption folder {root} does not exist.")
+        return
+    from pixelgen.data.shards import expand_shards
+
+    expand_shards(root)  # raises when nothing matches
+
+
 def train_stage(
     config: TrainConfig, settings: T2ISettings, *, stage: str | None = None, resume: str | None = None, progress: bool = True
 ):
@@ -235,8 +248,8 @@ def train_stage(
         resume = None  # nothing to continue yet: start the stage (from init_from when given)
     if needs and not config.init_from and resume is None:
         raise ValueError(f"Stage {stage} starts from a {needs} run: pass --init-from <that run's folder or checkpoint>.")
-    if config.data.root is None and config.data.dataset in ("webdataset_captions", "caption_folder"):
-        raise ValueError(f"Stage {config.name} needs its data: pass --data (shard pattern or caption folder).")
+    if config.data.dataset in ("webdataset_captions", "caption_folder"):
+        check_caption_data(config.data.dataset, config.data.root)
     # Load the encoder straight onto the training device (bf16 there on CUDA); T2ITrainer checks that its
     # width and token count match the backbone's.
     device = config.device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")

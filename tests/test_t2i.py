@@ -215,6 +215,12 @@ def test_stage_presets():
     assert t2i.stage_config("sft512").sample.params == {"order": 2, "num_steps": 25, "guidance": 4.0, "timeshift": 3.0}
     with pytest.raises(ValueError, match="starts from a pretrain256 run"):
         t2i.train_stage(t2i.stage_config("pretrain512", data="x"), t2i.T2ISettings(), stage="pretrain512")
+    with pytest.raises(FileNotFoundError, match="No training data given"):
+        t2i.train_stage(t2i.stage_config("pretrain256"), t2i.T2ISettings(), stage="pretrain256")
+    with pytest.raises(FileNotFoundError, match="No shards matched"):
+        t2i.train_stage(t2i.stage_config("pretrain256", data="/no/such/shards"), t2i.T2ISettings(), stage="pretrain256")
+    with pytest.raises(FileNotFoundError, match="caption folder .* does not exist"):
+        t2i.train_stage(t2i.stage_config("sft512", data="/no/such/folder", init_from="x"), t2i.T2ISettings(), stage="sft512")
 
 
 @pytest.fixture(scope="module")

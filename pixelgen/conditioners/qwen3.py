@@ -244,7 +244,7 @@ def resolve_text_encoder_folder(name_or_path: str | os.PathLike = DEFAULT_TEXT_E
         filename=repo.replace("/", "--"),
         hf_repo=repo,
         description=f"the text encoder {repo}",
-        option="text_encoder=<folder> (pixelgen generate --text-encoder <folder>)",
+        option="--text-encoder <folder> (in Python: model=<folder>)",
     )
     return resolve_weights(source)
 
