@@ -340,6 +340,16 @@ def test_init_from_copies_weights_and_ema_with_a_fresh_optimizer(tmp_path):
     second.close()
 
 
+def test_init_from_applies_on_a_stage_first_launch_with_resume_auto(tmp_path):
+    """resume="auto" with no checkpoint of its own yet must still start from init_from (then resume later)."""
+    first, _ = run(small_config(tmp_path / "stage1", "max_steps=2"))
+    cfg = small_config(tmp_path / "stage2", "max_steps=0", f"init_from={tmp_path / 'stage1'}")
+    second = Trainer(cfg, model=tiny_jit(), objective=SeededFlowMatching(), dataset=RandomImages(), resume="auto", progress=False)
+    assert second.step == 0
+    assert_states_equal(second.ema.state_dict(), first.ema.state_dict())
+    second.close()
+
+
 def test_init_from_a_different_resolution_regenerates_pos_embed(tmp_path):
     run(small_config(tmp_path / "s256", "max_steps=1"))
     cfg = small_config(tmp_path / "s512", "max_steps=0", f"init_from={tmp_path / 's256'}")

@@ -108,5 +108,7 @@ def sample_from_uint8(pixels: torch.Tensor, *, flip: bool = False, **fields: Any
     """A sample dict from a (3, S, S) uint8 tensor (``flip`` mirrors it left-right)."""
     if flip:
         pixels = pixels.flip(-1)
-    raw = pixels.float().div_(255.0)
+    # Contiguous NCHW: a permuted HWC buffer would keep channels-last strides through .float() and collate,
+    # which makes every convolution/patchify downstream slow.
+    raw = pixels.contiguous().float().div_(255.0)
     return {"image": (raw - 0.5) / 0.5, "raw": raw, **fields}

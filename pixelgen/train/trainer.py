@@ -168,10 +168,13 @@ class Trainer:
         if self.class_names is None:
             self.class_names = getattr(getattr(self.loader, "dataset", None), "class_names", None)
 
+        # A checkpoint of this run wins; otherwise a new stage starts from init_from (also when resume="auto"
+        # finds nothing yet, i.e. the first launch of a stage).
+        path = None
         if resume is not None:
             path = self.ckpt.find_resume() if resume == "auto" else Path(resume)
-            if path is not None:
-                self._load_resume(path)
+        if path is not None:
+            self._load_resume(path)
         elif config.init_from:
             self._init_from(config.init_from)
 
