@@ -128,9 +128,9 @@ def test_pdino_gating_modes_through_the_objective(dino64, lpips64):
     t = torch.tensor([0.1, 0.6, 0.05, 0.4])
     cos = _pdino_cosines(dino64, t)
     intended, *_ = _gating_run(dino64, lpips64, t, "subset", pdino_gating="intended")
-    torch.testing.assert_close(intended["pdino"], (1 - cos[[1, 3]]).mean().float())  # the masked mean
+    torch.testing.assert_close(intended["pdino"], (1 - cos[[1, 3]]).mean())  # the masked mean
     original, *_ = _gating_run(dino64, lpips64, t, "subset", pdino_gating="original")
-    torch.testing.assert_close(original["pdino"], (1 - cos).mean().float())  # §4.7: all samples count
+    torch.testing.assert_close(original["pdino"], (1 - cos).mean())  # §4.7: all samples count
     none, _, dino_calls, _ = _gating_run(dino64, lpips64, torch.tensor([0.1, 0.2, 0.05]), "subset", pdino_gating="original")
     assert float(none["pdino"]) == 1.0 and dino_calls == [3]  # constant 1: only REPA's clean pass ran
     assert objective(dino64, lpips64).terms["pdino"].gating == "original"  # the preset default stays faithful

@@ -12,7 +12,7 @@ from torch import nn
 from ..utils.hub import WeightSource, resolve_weights
 from ..utils.io import CheckpointError, load_safetensors, safe_torch_load
 
-__all__ = ["FrozenEncoder", "WeightsSpec", "resolve_encoder_weights", "load_weight_file", "parse_dtype", "check_pixel_range"]
+__all__ = ["FrozenEncoder", "WeightsSpec", "resolve_encoder_weights", "load_weight_file", "parse_dtype", "check_pixel_range", "at_least_float32"]
 
 WeightsSpec = str | os.PathLike | None
 """``None``: follow the resolution rule; ``"random"``: random initialisation; anything else: a file path."""
@@ -44,6 +44,11 @@ class FrozenEncoder(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, or kept in float64: loss arithmetic never runs in half precision, never loses float64."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:

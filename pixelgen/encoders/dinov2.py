@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..registry import registries
 from ..utils.checks import check_image_batch
 from ..utils.hub import WeightSource
-from .base import FrozenEncoder, WeightsSpec, check_pixel_range, load_weight_file, parse_dtype, resolve_encoder_weights
+from .base import FrozenEncoder, WeightsSpec, at_least_float32, check_pixel_range, load_weight_file, parse_dtype, resolve_encoder_weights
 
 __all__ = ["DINOv2Encoder", "DINOV2_VARIANTS", "dinov2_weight_source", "convert_dinov2_state_dict"]
 
@@ -72,13 +72,13 @@ def convert_dinov2_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, to
 
 
 class DINOv2Encoder(FrozenEncoder):
-    """Frozen DINOv2 ViT-*/14 feature extractor; ``forward(images01)`` -> (B, N, D) float32 patch tokens.
+    """Frozen DINOv2 ViT-*/14 feature extractor; ``forward(images01)`` -> (B, N, D) patch tokens (≥ float32).
 
     Args:
         name: ``dinov2_vits14`` / ``dinov2_vitb14`` / ``dinov2_vitl14`` / ``dinov2_vitg14``.
         weights: ``None`` (resolution rule: torch hub cache ``<name>_pretrain.pth`` -> HF cache of the timm
             repo -> download when online -> error), ``"random"``, or a path to a timm or original-format file.
-        dtype: parameter dtype (e.g. ``torch.bfloat16`` on GPU); outputs are always float32.
+        dtype: parameter dtype (e.g. ``torch.bfloat16`` on GPU); outputs are float32 (float64 for a float64 encoder).
         layers: block indices whose normed patch tokens are returned (negative = from the end); with several,
             their mean. Default: the last block, as PixelGen uses.
         base_patch_size: the backbone patch size the token grid must match (16 -> resize by 14/16).
@@ -168,7 +168,7 @@ class DINOv2Encoder(FrozenEncoder):
                 f"{h}x{w} images give a {size[0]}x{size[1]} DINOv2 input, not a multiple of its patch size {self.patch_size}; "
                 f"use image sides that are multiples of {self.base_patch_size}."
             )
-        x = (images01.float() - self.mean) / self.std
+        x = (at_least_float32(images01) - self.mean) / self.std
         x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=False)
         return x.to(self.dtype)
 
@@ -204,7 +204,7 @@ class DINOv2Encoder(FrozenEncoder):
             if i in wanted:
                 outputs.append(net.norm(tokens)[:, 1:])
         feats = outputs[0] if len(outputs) == 1 else torch.stack(outputs).mean(0)
-        return feats.float()
+        return at_least_float32(feats)
 
     def extra_repr(self) -> str:
         return f"name={self.name}, layers={list(self.layers)}, base_patch_size={self.base_patch_size}"

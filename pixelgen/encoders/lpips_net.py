@@ -15,7 +15,7 @@ import torch
 from ..registry import registries
 from ..utils.checks import check_image_batch, check_same_shape
 from ..utils.hub import WeightSource
-from .base import FrozenEncoder, WeightsSpec, check_pixel_range, load_weight_file, parse_dtype, resolve_encoder_weights
+from .base import FrozenEncoder, WeightsSpec, at_least_float32, check_pixel_range, load_weight_file, parse_dtype, resolve_encoder_weights
 
 __all__ = ["LPIPSEncoder", "LPIPS_TRUNKS", "lpips_weight_source"]
 
@@ -48,7 +48,7 @@ class LPIPSEncoder(FrozenEncoder):
         net: trunk, ``vgg`` (PixelGen's choice), ``alex`` or ``squeeze``.
         weights: the trunk's ImageNet weights: ``None`` (resolution rule), ``"random"`` (random trunk; the
             package's linear heads are still loaded), or a path to a torchvision (or timm ``features.*``) file.
-        dtype / device: where the frozen network lives (outputs are float32).
+        dtype / device: where the frozen network lives (outputs are float32, float64 for a float64 encoder).
         channels_last: keep the trunk's convolution weights in channels-last layout, so cuDNN runs its
             convolutions in NHWC (the tensor cores' native layout; faster in bf16/fp16 on GPUs). Same
             function, rounding may differ in the last bits.
@@ -116,7 +116,7 @@ class LPIPSEncoder(FrozenEncoder):
         if check_range:
             check_pixel_range(target, "The LPIPS target", (-1.0, 1.0))
         dist = self.metric(pred.to(self.dtype), target.to(self.dtype))
-        return dist.reshape(pred.shape[0]).float()
+        return at_least_float32(dist.reshape(pred.shape[0]))
 
     def extra_repr(self) -> str:
         return f"net={self.net}, channels_last={self.channels_last}"

@@ -47,6 +47,10 @@ class LossContext:
         """True when at least one sample passes the gate (always true without gating)."""
         return self.gate is None or bool(self.gate.any())
 
+    def constant(self, value: float) -> torch.Tensor:
+        """A 0-dim tensor without gradient, on the batch's device, in the dtype loss values use here."""
+        return torch.full((), value, device=self.x.device, dtype=torch.promote_types(self.x.dtype, torch.float32))
+
     def encoder(self, role: str) -> nn.Module:
         try:
             return self.encoders[role]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..encoders import build_encoder
-from ..encoders.base import check_pixel_range
+from ..encoders.base import at_least_float32, check_pixel_range
 from ..registry import registries
 from ..utils.checks import check_image_batch, check_labels, check_same_shape, check_timesteps
 from .balancer import Balancer
@@ -268,7 +268,7 @@ class Objective(nn.Module):
             value = term(ctx)
         if not isinstance(value, torch.Tensor) or value.ndim != 0:
             raise TypeError(f"Loss term '{name}' must return a 0-dim tensor, got {getattr(value, 'shape', type(value).__name__)}.")
-        return value.float()
+        return at_least_float32(value)
 
     def _gated_value(self, term: nn.Module, ctx: LossContext) -> torch.Tensor:
         assert ctx.gate is not None
@@ -276,7 +276,7 @@ class Objective(nn.Module):
             return term(ctx.masked(ctx.gate))
         index = ctx.gate.nonzero().squeeze(1)
         if index.numel() == 0:
-            return torch.zeros((), device=ctx.x.device)
+            return ctx.constant(0.0)
         if index.numel() == ctx.batch_size:
             return term(ctx)
         return term(ctx.subset(index))

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..encoders.base import at_least_float32
 from ..registry import registries
 from .context import LossContext
 from .path import x_to_v
@@ -61,7 +62,7 @@ def register_term(name: str):
 
 def _cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-sample mean over tokens of ``1 - cos`` for (B, N, D) token sets."""
-    return (1.0 - F.cosine_similarity(a.float(), b.float(), dim=-1)).mean(dim=1)
+    return (1.0 - F.cosine_similarity(at_least_float32(a), at_least_float32(b), dim=-1)).mean(dim=1)
 
 
 @register_term("flow_matching")
@@ -79,9 +80,9 @@ class FlowMatchingTerm(LossTerm):
         self.t_eps = t_eps
 
     def per_sample(self, ctx: LossContext) -> torch.Tensor:
-        x_t = ctx.x_t.float()
-        v_pred = x_to_v(ctx.x_hat.float(), x_t, ctx.t, self.t_eps)
-        v_target = x_to_v(ctx.x.float(), x_t, ctx.t, self.t_eps)
+        x_t = at_least_float32(ctx.x_t)
+        v_pred = x_to_v(at_least_float32(ctx.x_hat), x_t, ctx.t, self.t_eps)
+        v_target = x_to_v(at_least_float32(ctx.x), x_t, ctx.t, self.t_eps)
         return (v_pred - v_target).pow(2).flatten(1).mean(dim=1)
 
     def extra_repr(self) -> str:
@@ -223,7 +224,7 @@ class PDinoTerm(LossTerm):
 
     def forward(self, ctx: LossContext) -> torch.Tensor:
         if self.gating == "original" and not ctx.any_gated_in:
-            return torch.ones((), device=ctx.x.device)
+            return ctx.constant(1.0)
         return ctx.reduce(self.per_sample(ctx))
 
     def per_sample(self, ctx: LossContext) -> torch.Tensor:
