@@ -127,6 +127,22 @@ def test_dtype_option_and_backend_setter():
         model.attention_backend = "flash"
 
 
+@pytest.mark.parametrize("name,config", [("jit", "TINY_C2I"), ("jit_t2i", "TINY_T2I")])
+def test_models_cast_to_another_dtype_run_in_it(name, config):
+    """A model cast as a whole (bf16 inference, float64 checks) runs without autocast and agrees with float32."""
+    model = _randomize(build_model(name, **globals()[config]), std=0.05).eval()
+    x, t = torch.randn(2, 3, 16, 16), torch.rand(2)
+    y = torch.tensor([0, 5]) if name == "jit" else torch.randn(2, 5, 12)
+    cast = lambda v, dt: v.to(dt) if v.is_floating_point() else v  # noqa: E731
+    with torch.no_grad():
+        ref = model(x, t, y)
+        for dtype, tol in ((torch.float64, 1e-5), (torch.bfloat16, 0.1)):
+            out = model.to(dtype)(cast(x, dtype), cast(t, dtype), cast(y, dtype))
+            assert out.dtype == dtype
+            assert (out.float() - ref).abs().max().item() <= tol
+            model.float()
+
+
 # -- properties ------------------------------------------------------------------------------------------------
 
 TINY_C2I = dict(input_size=16, patch_size=4, hidden_size=32, depth=3, num_heads=2, num_classes=5, bottleneck_dim=8,

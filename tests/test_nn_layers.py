@@ -118,17 +118,19 @@ def test_timestep_features_cos_first(max_period):
 
 
 def test_timestep_embedder_feature_dtype():
+    """C2I feeds float32 features to the MLP (as the original under autocast) unless the module itself was cast
+    to another dtype; T2I casts them to t's dtype (spec §3.7)."""
     t = torch.rand(4).to(torch.bfloat16)
-    seen = {}
-    for cast in (False, True):
-        emb = TimestepEmbedder(8, max_period=10.0, cast_features_to_input=cast).to(torch.bfloat16)
-        emb.mlp[0].register_forward_pre_hook(lambda m, args, cast=cast: seen.__setitem__(cast, args[0].dtype))
-        if not cast:  # float32 features into a bf16 Linear only work under autocast; check the dtype only
-            with pytest.raises(RuntimeError):
-                emb(t)
-        else:
-            assert emb(t).dtype == torch.bfloat16
-    assert seen == {False: torch.float32, True: torch.bfloat16}
+    seen = []
+    c2i = TimestepEmbedder(8, max_period=1e4)
+    c2i.mlp[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        c2i(t.float())
+    assert c2i.to(torch.bfloat16)(t).dtype == torch.bfloat16
+    t2i = TimestepEmbedder(8, max_period=10.0, cast_features_to_input=True).to(torch.bfloat16)
+    t2i.mlp[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    assert t2i(t).dtype == torch.bfloat16
+    assert seen == [torch.float32, torch.bfloat16, torch.bfloat16]
 
 
 # -- RoPE -------------------------------------------------------------------------------------------------

@@ -89,4 +89,8 @@ class TimestepEmbedder(nn.Module):
         features = timestep_features(t, self.frequency_dim, self.max_period)
         if self.cast_features_to_input:
             features = features.to(t.dtype)
+        elif not torch.is_autocast_enabled(features.device.type):
+            # float32 features feed the MLP as they are (the original, under autocast); a model cast to another
+            # dtype (bf16 inference, float64 checks) needs them in its own dtype.
+            features = features.to(self.mlp[0].weight.dtype)
         return self.mlp(features)
