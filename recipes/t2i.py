@@ -279,7 +279,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pad-mask", action="store_true", help="mask text padding tokens in the backbone (off = the original)")
     p.add_argument("--prompts-file", help="sample-grid prompts, one per line")
     p.add_argument("--demo-scale", type=float, default=1.0, help="multiply the demo's step counts (tests use less)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 

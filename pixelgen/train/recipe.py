@@ -37,6 +37,7 @@ def build_parser(description: str, presets: Mapping[str, Preset], default: str, 
     p.add_argument("--demo", action="store_true", help="tiny model on the built-in demo dataset, CPU, a few minutes")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration as JSON and exit")
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and metrics.jsonl still written)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -127,7 +128,7 @@ def run_recipe(
             return 0
         from .trainer import train
 
-        result = train(config, resume=args.resume)
+        result = train(config, resume=args.resume, progress=not args.no_progress)
     except (ValueError, KeyError, FileNotFoundError, TypeError) as exc:
         if args.verbose:
             raise
