@@ -3,16 +3,19 @@ any grid, loading a checkpoint whose sin-cos table was made for another grid, an
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from pixelgen.nn import check_backend, sincos_2d_table
+from pixelgen.registry import registries
 from pixelgen.utils.checks import check_image_batch, check_labels, check_tensor, check_timesteps
 
-__all__ = ["JiTBase", "modulate", "unknown_arguments_message"]
+__all__ = ["JiTBase", "modulate", "register_family", "unknown_arguments_message"]
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +26,39 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 def unknown_arguments_message(what: str, unknown: list[str], valid: list[str]) -> str:
-    return f"Unknown argument(s) {', '.join(sorted(unknown))} for {what}; valid arguments: {', '.join(valid)}."
+    close = [m for u in sorted(unknown) for m in difflib.get_close_matches(u, valid, n=1, cutoff=0.6)]
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return f"Unknown argument(s) {', '.join(sorted(unknown))} for {what}{hint}; valid arguments: {', '.join(valid)}."
+
+
+def register_family(
+    arch: str, cls: type, doc: str, presets: dict[str, tuple[str, dict[str, Any]]], argument_style: str
+) -> Callable[..., Any]:
+    """Register the generic builder ``arch`` (keyword arguments = ``cls``'s constructor arguments, checked by
+    name) and one builder per preset (the preset's config updated by keyword overrides). Returns the generic one.
+    """
+    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def build(**kwargs: Any):
+        unknown = [k for k in kwargs if k not in valid]
+        if unknown:
+            raise TypeError(unknown_arguments_message(f"backbone '{arch}'", unknown, valid))
+        return cls(**kwargs)
+
+    build.__name__, build.__doc__ = f"build_{arch}", doc
+    registries.backbone.register(arch)(build)
+
+    def preset_builder(name: str, description: str, config: dict[str, Any]) -> Callable[..., Any]:
+        def build_preset(**overrides: Any):
+            return build(**{**config, **overrides})
+
+        build_preset.__name__ = name
+        build_preset.__doc__ = f"{description}; keyword overrides use the original {argument_style} argument names."
+        return build_preset
+
+    for name, (description, config) in presets.items():
+        registries.backbone.register(name, preset_of=arch, config=dict(config))(preset_builder(name, description, config))
+    return build
 
 
 def _recording_cuda_graph(t: torch.Tensor) -> bool:

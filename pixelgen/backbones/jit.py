@@ -8,7 +8,6 @@ label tokens prepended from block ``in_context_start`` on. Parameter names equal
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
@@ -26,10 +25,9 @@ from pixelgen.nn import (
     sincos_2d_table,
     swiglu_hidden_size,
 )
-from pixelgen.registry import registries
 from pixelgen.utils.checks import check_tensor
 
-from .common import JiTBase, modulate, unknown_arguments_message
+from .common import JiTBase, modulate, register_family
 
 __all__ = ["JiT", "JIT_PRESETS", "build_jit"]
 
@@ -297,18 +295,6 @@ def _validate_c2i(args: dict[str, Any]) -> None:
     check_backend(args["attention_backend"])
 
 
-_JIT_ARGS = [p for p in inspect.signature(JiT.__init__).parameters if p != "self"]
-
-
-@registries.backbone.register("jit")
-def build_jit(**kwargs: Any) -> JiT:
-    """Class-to-image JiT from the original constructor arguments (+ attention_backend)."""
-    unknown = [k for k in kwargs if k not in _JIT_ARGS]
-    if unknown:
-        raise TypeError(unknown_arguments_message("backbone 'jit'", unknown, _JIT_ARGS))
-    return JiT(**kwargs)
-
-
 _COMMON = dict(input_size=256, in_channels=3, mlp_ratio=4.0, num_classes=1000, in_context_len=32, attn_drop=0.0, proj_drop=0.0)
 _B = dict(hidden_size=768, depth=12, num_heads=12, use_bottleneck=True, bottleneck_dim=128, in_context_start=4)
 _L = dict(hidden_size=1024, depth=24, num_heads=16, use_bottleneck=True, bottleneck_dim=128, in_context_start=8)
@@ -328,14 +314,5 @@ JIT_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def _register_preset(name: str, description: str, config: dict[str, Any]) -> None:
-    def build(**overrides: Any) -> JiT:
-        return build_jit(**{**config, **overrides})
-
-    build.__name__ = name
-    build.__doc__ = f"{description}; keyword overrides use the original JiT argument names."
-    registries.backbone.register(name, preset_of="jit", config=dict(config))(build)
-
-
-for _name, (_description, _config) in JIT_PRESETS.items():
-    _register_preset(_name, _description, _config)
+build_jit = register_family("jit", JiT, "Class-to-image JiT from the original constructor arguments (+ attention_backend).",
+                            JIT_PRESETS, "JiT")

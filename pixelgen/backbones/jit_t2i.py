@@ -8,7 +8,6 @@ RoPE on text). adaLN is conditioned on the timestep alone. Parameter names equal
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
@@ -26,10 +25,9 @@ from pixelgen.nn import (
     linspace_rope_2d,
     sincos_2d_table,
 )
-from pixelgen.registry import registries
 from pixelgen.utils.checks import check_tensor
 
-from .common import JiTBase, modulate, unknown_arguments_message
+from .common import JiTBase, modulate, register_family
 
 __all__ = ["JiTT2I", "JIT_T2I_PRESETS", "build_jit_t2i"]
 
@@ -313,18 +311,6 @@ def _validate_t2i(args: dict[str, Any]) -> None:
     check_backend(args["attention_backend"])
 
 
-_JIT_T2I_ARGS = [p for p in inspect.signature(JiTT2I.__init__).parameters if p != "self"]
-
-
-@registries.backbone.register("jit_t2i")
-def build_jit_t2i(**kwargs: Any) -> JiTT2I:
-    """Text-to-image JiT from the original constructor arguments (+ attention_backend)."""
-    unknown = [k for k in kwargs if k not in _JIT_T2I_ARGS]
-    if unknown:
-        raise TypeError(unknown_arguments_message("backbone 'jit_t2i'", unknown, _JIT_T2I_ARGS))
-    return JiTT2I(**kwargs)
-
-
 JIT_T2I_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "pixelgen_xxl_16_t2i": (
         "PixelGen-XXL/16 text-to-image (1.12B), 256 px; input_size=512 for the 512 stages",
@@ -334,14 +320,5 @@ JIT_T2I_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def _register_preset(name: str, description: str, config: dict[str, Any]) -> None:
-    def build(**overrides: Any) -> JiTT2I:
-        return build_jit_t2i(**{**config, **overrides})
-
-    build.__name__ = name
-    build.__doc__ = f"{description}; keyword overrides use the original JiT_T2I argument names."
-    registries.backbone.register(name, preset_of="jit_t2i", config=dict(config))(build)
-
-
-for _name, (_description, _config) in JIT_T2I_PRESETS.items():
-    _register_preset(_name, _description, _config)
+build_jit_t2i = register_family("jit_t2i", JiTT2I, "Text-to-image JiT from the original constructor arguments (+ attention_backend).",
+                                JIT_T2I_PRESETS, "JiT_T2I")
