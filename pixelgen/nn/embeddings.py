@@ -58,6 +58,13 @@ def timestep_features(t: torch.Tensor, dim: int = 256, max_period: float = 10000
     return features
 
 
+def _autocast_enabled(device: torch.device) -> bool:
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except RuntimeError:  # device types without autocast (meta)
+        return False
+
+
 class TimestepEmbedder(nn.Module):
     """Sinusoidal features followed by ``Linear(dim→H), SiLU, Linear(H→H)`` (parameters ``mlp.0``, ``mlp.2``).
 
@@ -89,7 +96,7 @@ class TimestepEmbedder(nn.Module):
         features = timestep_features(t, self.frequency_dim, self.max_period)
         if self.cast_features_to_input:
             features = features.to(t.dtype)
-        elif not torch.is_autocast_enabled(features.device.type):
+        elif features.dtype != self.mlp[0].weight.dtype and not _autocast_enabled(features.device):
             # float32 features feed the MLP as they are (the original, under autocast); a model cast to another
             # dtype (bf16 inference, float64 checks) needs them in its own dtype.
             features = features.to(self.mlp[0].weight.dtype)
