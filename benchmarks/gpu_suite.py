@@ -619,7 +619,6 @@ def compile_modes(suite: Suite) -> list[bool]:
 
 
 def section_train(suite: Suite) -> None:
-    sizes = suite.sizes
     if suite.cuda:
         torch.set_float32_matmul_precision("medium")  # the trainer's default on CUDA (as the original)
     frozen = build_frozen(suite)

@@ -13,17 +13,13 @@
 from __future__ import annotations
 
 import logging
-import math
-import os
-import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from pixelgen.train import Trainer
-from pixelgen.utils.io import atomic_write
+from pixelgen.train import Trainer, save_image_grid
 
 from .pipeline import (
     TextToImagePipeline,
@@ -34,7 +30,7 @@ from .pipeline import (
 )
 from .qwen3 import Qwen3TextConditioner, check_prompts
 
-__all__ = ["TextBatchEncoder", "attach_text_mask_unpacking", "T2ITrainer", "save_prompt_grid"]
+__all__ = ["TextBatchEncoder", "attach_text_mask_unpacking", "T2ITrainer"]
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +118,7 @@ class T2ITrainer(Trainer):
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 result = pipe(prompts, seed=s.seed, batch_size=s.batch_size, sampler=s.sampler, **s.params)
             if self.dist.is_main:
-                path = save_prompt_grid(result.images, result.prompts, self.out_dir / "samples" / f"step_{self.step:07d}.png")
+                path = save_image_grid(result.images, self.out_dir / "samples" / f"step_{self.step:07d}.png", captions=result.prompts, pad=4, min_side=128)
                 self.logger.event(self.step, "samples", path=str(path))
         from pixelgen.train.distributed import barrier
 
@@ -134,47 +130,3 @@ class T2ITrainer(Trainer):
         if target is not None:
             save_text_encoder_spec(target, self.conditioner)
         return target
-
-
-def save_prompt_grid(
-    images: torch.Tensor,
-    prompts: Sequence[str],
-    path: str | os.PathLike,
-    *,
-    min_size: int = 128,
-    columns: int | None = None,
-) -> Path:
-    """Tile uint8 (N, 3, H, W) images with each prompt wrapped in full under its image.
-
-    Small images are enlarged (nearest neighbour) to at least ``min_size`` pixels so the text fits.
-    """
-    from PIL import Image, ImageDraw, ImageFont
-
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}.")
-    prompts = list(prompts)
-    if len(prompts) != images.shape[0]:
-        raise ValueError(f"Got {images.shape[0]} images but {len(prompts)} prompts.")
-    n, _, h, w = images.shape
-    scale = max(1, math.ceil(min_size / max(min(h, w), 1)))
-    h, w = h * scale, w * scale
-    font = ImageFont.load_default()
-    chars_per_line = max(8, w // 6)
-    wrapped = [textwrap.wrap(p, chars_per_line) or ["(empty prompt)"] for p in prompts]
-    line_h = 11
-    text_h = line_h * max(len(lines) for lines in wrapped) + 4
-    columns = columns or max(1, math.ceil(math.sqrt(n)))
-    rows = math.ceil(n / columns)
-    pad = 4
-    canvas = Image.new("RGB", (columns * (w + pad) + pad, rows * (h + text_h + pad) + pad), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i in range(n):
-        r, c = divmod(i, columns)
-        x, y = pad + c * (w + pad), pad + r * (h + text_h + pad)
-        picture = Image.fromarray(images[i].permute(1, 2, 0).cpu().numpy())
-        canvas.paste(picture.resize((w, h), Image.NEAREST), (x, y))
-        for k, line in enumerate(wrapped[i]):
-            draw.text((x, y + h + 2 + k * line_h), line, fill="black", font=font)
-    with atomic_write(path) as tmp:
-        canvas.save(tmp, format="PNG")
-    return Path(path)

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -113,18 +114,22 @@ def plot_loss_curve(records: Sequence[dict[str, Any]], path: str | os.PathLike, 
 
 
 def save_image_grid(images: torch.Tensor, path: str | os.PathLike, *, nrow: int | None = None, captions: Iterable[str] | None = None, pad: int = 2, min_side: int = 64) -> Path:
-    """Tile uint8 (N, 3, H, W) images into one PNG (optionally with a caption under each image); images smaller
-    than ``min_side`` are enlarged by an integer factor (nearest neighbour)."""
+    """Tile uint8 (N, 3, H, W) images into one PNG, optionally with a caption (class name, prompt) wrapped in
+    full under each image; images smaller than ``min_side`` are enlarged by an integer factor (nearest)."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be a uint8 (N, 3, H, W) tensor, got {images.dtype} {tuple(images.shape)}.")
-    if images.shape[-1] < min_side:  # small demo images: enlarge (nearest) so the grid is readable
-        factor = -(-min_side // images.shape[-1])
+    captions = list(captions) if captions is not None else None
+    if captions is not None and len(captions) != images.shape[0]:
+        raise ValueError(f"Got {images.shape[0]} images but {len(captions)} captions.")
+    if min(images.shape[-2:]) < min_side:  # small demo images: enlarge (nearest) so the grid is readable
+        factor = -(-min_side // min(images.shape[-2:]))
         images = images.repeat_interleave(factor, dim=-1).repeat_interleave(factor, dim=-2)
     n, _, h, w = images.shape
     nrow = nrow or max(1, math.ceil(math.sqrt(n)))
     rows = math.ceil(n / nrow)
-    captions = list(captions) if captions is not None else None
-    cap_h = 12 if captions else 0
+    line_h = 11
+    wrapped = [textwrap.wrap(str(c), max(8, w // 6)) or ["(empty)"] for c in captions] if captions else None
+    cap_h = line_h * max(len(lines) for lines in wrapped) + 2 if wrapped else 0
     canvas = Image.new("RGB", (nrow * (w + pad) + pad, rows * (h + pad + cap_h) + pad), "white")
     draw = ImageDraw.Draw(canvas)
     arr = images.permute(0, 2, 3, 1).cpu().numpy()
@@ -132,8 +137,8 @@ def save_image_grid(images: torch.Tensor, path: str | os.PathLike, *, nrow: int 
         r, c = divmod(i, nrow)
         x, y = pad + c * (w + pad), pad + r * (h + pad + cap_h)
         canvas.paste(Image.fromarray(arr[i]), (x, y))
-        if captions:
-            draw.text((x, y + h), str(captions[i])[: max(1, w // 6)], fill="black")
+        for k, line in enumerate(wrapped[i] if wrapped else ()):
+            draw.text((x, y + h + 1 + k * line_h), line, fill="black")
     with atomic_write(path) as tmp:
         canvas.save(tmp, format="PNG")
     return Path(path)
