@@ -206,6 +206,28 @@ def test_label_dropout_uses_the_null_class_and_seeds_make_draws_split_invariant(
         torch.testing.assert_close(a, b)
 
 
+def test_seeded_draws_follow_the_trainer_contract(dino, lpips_net):
+    """Sample i's t, noise and dropout come from Generator().manual_seed(seeds[i]), drawn in that order."""
+    obj = objective(dino, lpips_net, "jit_repa", hidden_size=16, cond_drop_prob=0.5)
+    model = StubC2I(hidden_size=16)
+    b = batch(6)
+    seeds = torch.tensor([7, 2**40 + 3, 123, 0, 99, 5])
+    seen = []
+    model.embed.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
+    obj(model, {**b, "seeds": seeds})
+    x_t, t = model.calls[-1]
+    dropped = []
+    for i, seed in enumerate(seeds.tolist()):
+        g = torch.Generator().manual_seed(seed)
+        t_i = torch.sigmoid(torch.randn((), generator=g) * 0.8 - 0.8)
+        noise_i = torch.randn(3, 32, 32, generator=g)
+        dropped.append(bool(torch.rand((), generator=g) < 0.5))
+        torch.testing.assert_close(t[i], t_i, rtol=0, atol=0)
+        torch.testing.assert_close(x_t[i], t_i * b["image"][i] + (1 - t_i) * noise_i)
+    assert seen[-1].tolist() == [10 if d else int(c) for d, c in zip(dropped, b["cond"])]
+    assert any(dropped) and not all(dropped)
+
+
 class _TextStub(StubC2I):
     cond_kind = "text"
 
