@@ -67,7 +67,10 @@ class Sampler:
         if isinstance(t_eps, bool) or not isinstance(t_eps, (int, float)) or not 0.0 <= t_eps < 1.0 or math.isnan(t_eps):
             raise ValueError(f"t_eps must be a number in [0, 1), got {t_eps!r}.")
         self.t_eps = float(t_eps)
+        # Host-side copies for the loop: grid times, and step sizes t_{i+1} − t_i subtracted in float32 as the
+        # original subtracts its float32 grid.
         self._times: list[float] = self.timesteps.tolist()
+        self._steps: list[float] = (self.timesteps[1:] - self.timesteps[:-1]).tolist()
         self.last_stats: dict[str, int] = {"nfe": 0, "rows": 0}
 
     # -- what a subclass provides ----------------------------------------------------------------------
@@ -78,7 +81,8 @@ class Sampler:
 
     # -- shared ------------------------------------------------------------------------------------------
     def guided_steps(self) -> list[bool]:
-        """Per step i (at t_i), whether guidance is active; the original's boundary rule for this sampler."""
+        """Per step i (at t_i), whether guidance is active: the original's boundary rule for this sampler; a
+        scale of exactly 1 never guides (it would change nothing but double the batch)."""
         return [self.guidance != 1.0 and self.interval.contains(t) for t in self._times[:-1]]
 
     def __call__(
@@ -112,7 +116,7 @@ class Sampler:
                 "unconditional condition (the null label, or the empty-prompt embedding)."
             )
         generators = _check_generators(generator, batch)
-        model = GuidedDenoiser(denoiser, cond, uncond, self.guidance, self.interval, self.t_eps)
+        model = GuidedDenoiser(denoiser, cond, uncond, self.guidance, self.t_eps)
         trajectory: list[torch.Tensor] | None = [noise] if return_trajectory else None
         x = self._integrate(model, noise, generators, trajectory)
         model.raise_if_not_finite()

@@ -60,8 +60,8 @@ class GuidanceInterval:
 class GuidedDenoiser:
     """Wraps ``denoiser(x, t, cond) -> x̂`` for one sampling call: guidance, x→v, call/row counts, NaN check.
 
-    Per-step decisions (guided or not, the divisor ``max(1 − t, t_eps)``) are host-side scalars taken from
-    the grid, so the loop needs no device→host synchronisation. On CPU the output is checked for NaN right
+    Per-step decisions (guided or not, from :meth:`Sampler.guided_steps`; the divisor ``max(1 − t, t_eps)``)
+    are host-side scalars taken from the grid, so the loop needs no device→host synchronisation. On CPU the output is checked for NaN right
     away; on other devices each evaluation records a device-side flag that :meth:`raise_if_not_finite`
     inspects once after the loop.
     """
@@ -72,24 +72,18 @@ class GuidedDenoiser:
         cond: Any,
         uncond: Any,
         scale: float,
-        interval: GuidanceInterval,
         t_eps: float,
     ) -> None:
         self.denoiser = denoiser
         self.cond = cond
         self.uncond = uncond
         self.scale = scale
-        self.interval = interval
         self.t_eps = t_eps
         self.calls = 0
         self.rows = 0
         self.step = 0
         self._both_conds: Any = None
         self._finite_flags: list[tuple[int, float, torch.Tensor]] = []
-
-    def guided(self, t: float) -> bool:
-        """Whether guidance is active at time t (a scale of exactly 1 never is: it would change nothing)."""
-        return self.scale != 1.0 and self.interval.contains(t)
 
     def _call(self, x: torch.Tensor, t: float, cond: Any) -> torch.Tensor:
         # float32 as the original, or wider when x is (float64 for numerical tests).

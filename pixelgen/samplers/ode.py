@@ -14,11 +14,6 @@ from .guidance import GuidedDenoiser
 __all__ = ["EulerSampler", "HeunSampler", "AdamsSampler", "adams_coefficients", "TIME_TRANSFORMS"]
 
 
-def _step_sizes(timesteps: torch.Tensor) -> list[float]:
-    """t_{i+1} − t_i computed in float32, as the original subtracts its float32 grid."""
-    return (timesteps[1:] - timesteps[:-1]).tolist()
-
-
 class EulerSampler(Sampler):
     """Euler: ``x_{i+1} = x_i + (t_{i+1} − t_i)·v(x_i, t_i)``; N evaluations (spec §5.3).
 
@@ -32,7 +27,7 @@ class EulerSampler(Sampler):
     def _integrate(
         self, model: GuidedDenoiser, x: torch.Tensor, generators: Generators, trajectory: list[torch.Tensor] | None
     ) -> torch.Tensor:
-        times, steps, guided = self._times, _step_sizes(self.timesteps), self.guided_steps()
+        times, steps, guided = self._times, self._steps, self.guided_steps()
         for i, (t, dt) in enumerate(zip(times[:-1], steps)):
             model.step = i
             if self.exact_final_step and i == self.num_steps - 1:
@@ -68,7 +63,7 @@ class HeunSampler(Sampler):
     def _integrate(
         self, model: GuidedDenoiser, x: torch.Tensor, generators: Generators, trajectory: list[torch.Tensor] | None
     ) -> torch.Tensor:
-        times, steps, guided = self._times, _step_sizes(self.timesteps), self.guided_steps()
+        times, steps, guided = self._times, self._steps, self.guided_steps()
         last = self.num_steps - 1
         v: torch.Tensor | None = None
         for i, (t, dt) in enumerate(zip(times[:-1], steps)):
@@ -217,7 +212,7 @@ class AdamsSampler(Sampler):
     def _integrate(
         self, model: GuidedDenoiser, x: torch.Tensor, generators: Generators, trajectory: list[torch.Tensor] | None
     ) -> torch.Tensor:
-        times, steps, guided = self._times, _step_sizes(self.timesteps), self.guided_steps()
+        times, steps, guided = self._times, self._steps, self.guided_steps()
         history: list[torch.Tensor] = []
         for i, (t, dt) in enumerate(zip(times[:-1], steps)):
             model.step = i

@@ -55,8 +55,7 @@ class EulerMaruyamaSampler(Sampler):
     def _integrate(
         self, model: GuidedDenoiser, x: torch.Tensor, generators: Generators, trajectory: list[torch.Tensor] | None
     ) -> torch.Tensor:
-        times, guided = self._times, self.guided_steps()
-        steps = (self.timesteps[1:] - self.timesteps[:-1]).tolist()
+        times, steps, guided = self._times, self._steps, self.guided_steps()
         last = self.num_steps - 1
         for i, (t, dt) in enumerate(zip(times[:-1], steps)):
             model.step = i
