@@ -61,9 +61,9 @@ class GuidedDenoiser:
     """Wraps ``denoiser(x, t, cond) -> x̂`` for one sampling call: guidance, x→v, call/row counts, NaN check.
 
     Per-step decisions (guided or not, from :meth:`Sampler.guided_steps`; the divisor ``max(1 − t, t_eps)``)
-    are host-side scalars taken from the grid, so the loop needs no device→host synchronisation. On CPU the output is checked for NaN right
-    away; on other devices each evaluation records a device-side flag that :meth:`raise_if_not_finite`
-    inspects once after the loop.
+    are host-side scalars taken from the grid, so the loop needs no device→host synchronisation. On CPU the
+    output is checked for NaN right away; on other devices each evaluation records a device-side flag that
+    :meth:`raise_if_not_finite` inspects once after the loop.
     """
 
     def __init__(
