@@ -114,9 +114,7 @@ def generate(
         sampler = build_sampler(sampler)
     elif not callable(sampler):
         raise TypeError(f"sampler must be a registered name or a sampler, got {type(sampler).__name__}.")
-    cond, uncond_cond = _conditions(model, labels_or_embeddings, uncond)
-    if uncond_cond is None and isinstance(sampler, Sampler) and any(sampler.guided_steps()):
-        raise ValueError("This text model is sampled with guidance, so generate needs uncond (the empty-prompt embedding).")
+    cond, uncond_cond = _conditions(model, labels_or_embeddings, uncond)  # the sampler refuses a guided run without uncond
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
