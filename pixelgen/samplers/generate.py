@@ -134,9 +134,8 @@ def generate(
                 noise = torch.stack([torch.randn(channels, size, size, generator=g) for g in generators]).to(device)
                 batch_cond = cond[first : first + len(rows)].to(device)
                 batch_uncond = None
-                if uncond_cond is not None:
-                    batch_uncond = uncond_cond if uncond_cond.shape[0] == 1 else uncond_cond[first : first + len(rows)]
-                    batch_uncond = batch_uncond.to(device).expand(len(rows), *batch_uncond.shape[1:])
+                if uncond_cond is not None:  # one row (the sampler broadcasts it) or one per sample
+                    batch_uncond = (uncond_cond if uncond_cond.shape[0] == 1 else uncond_cond[first : first + len(rows)]).to(device)
                 with autocast:
                     x = sampler(denoiser, noise, batch_cond, batch_uncond, generator=generators)
                 images.append(to_uint8(x).cpu())
