@@ -66,6 +66,7 @@ def expected_image(model, encoder, prompt: str, seed: int) -> np.ndarray:
 def test_geneval_layout_images_and_metadata(text_model, metadata, tmp_path):
     encoder = StandInEncoder()
     out = generate_geneval(text_model, encoder, metadata, tmp_path / "geneval", batch_size=5, progress=False, **SAMPLING)
+    assert encoder.seen.count("") == 1  # the unconditional prompt is encoded once per run, not per batch row
     folders = sorted(p.name for p in out.iterdir())
     assert folders == ["00000", "00001", "00002"]
     source_lines = [line for line in metadata.read_text().splitlines() if line]

@@ -137,11 +137,12 @@ class _TextConditions:
     def cond(self, prompts: list[str]) -> torch.Tensor:
         return self._tensor(self.encoder(prompts), len(prompts))
 
-    def uncond(self, batch: int) -> torch.Tensor:
+    def uncond(self) -> torch.Tensor:
+        """One row (1, L, D): the same for every sample, so it is encoded once per run and broadcast by the sampler."""
         unconditional = getattr(self.encoder, "unconditional", None)
         if callable(unconditional):
-            return self._tensor(unconditional(batch, self.negative_prompt), batch)
-        return self._tensor(self.encoder([self.negative_prompt or ""] * batch), batch)
+            return self._tensor(unconditional(1, self.negative_prompt), 1)
+        return self._tensor(self.encoder([self.negative_prompt or ""]), 1)
 
     def denoiser(self, model: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
         if not self.masked:
@@ -190,16 +191,18 @@ def _render(
     texts = _TextConditions(encoder, negative_prompt)
     denoise = texts.denoiser(model)
     autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+    if not jobs:
+        return
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode(), tqdm(total=len(jobs), unit="img", desc="prompt set", disable=not progress) as bar:
+            uncond = texts.uncond().to(device)
             for first in range(0, len(jobs), batch_size):
                 batch = jobs[first : first + batch_size]
                 drawn = [original_noise(seed, shape) for _, seed in batch]
                 noise = torch.stack([n for n, _ in drawn]).to(device)
                 cond = texts.cond([item.prompt for item, _ in batch]).to(device)
-                uncond = texts.uncond(len(batch)).to(device)
                 with autocast:
                     x = run(denoise, noise, cond, uncond, generator=[g for _, g in drawn])
                 images = to_uint8(x).cpu().permute(0, 2, 3, 1).numpy()
