@@ -112,48 +112,41 @@ class EpochBatchSampler:
         g.manual_seed(self.seed + epoch)
         return torch.randperm(self.num_samples, generator=g)
 
-    def _step_bounds(self, start: int) -> list[tuple[int, int]]:
-        """(begin, end) positions in the epoch order of each global batch from ``start`` to the epoch end."""
+    def _layout(self, start: int) -> tuple[range, int]:
+        """The global batches from position ``start`` to the epoch end: their first positions in the epoch
+        order, and where the last one ends (batch ``i`` runs up to the next one's start). O(1): ``advance``
+        asks on every step."""
         gb, n = self.global_batch_size, self.num_samples
-        bounds = [(b, min(b + gb, n)) for b in range(start, n, gb)]
-        if not bounds:
-            return bounds
-        last_begin, last_end = bounds[-1]
-        if last_end - last_begin < gb:
+        begins = range(start, n, gb)
+        if begins and n - begins[-1] < gb:  # a short last global batch
             if self.drop_last:
-                bounds.pop()
-            elif last_end - last_begin < self.world_size and len(bounds) > 1:
-                bounds.pop()
-                bounds[-1] = (bounds[-1][0], last_end)
-        return bounds
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self._step_bounds(0))
+                return begins[:-1], begins[-1]
+            if n - begins[-1] < self.world_size and len(begins) > 1:  # too short to give every rank a sample
+                return begins[:-1], n  # merged into the previous batch
+        return begins, n
 
     def __len__(self) -> int:
         """Steps left in the current epoch from the current position (a whole epoch when at its start)."""
-        return len(self._step_bounds(self.consumed))
+        return len(self._layout(self.consumed)[0])
 
     def __iter__(self) -> Iterator[list[int]]:
         # Materialised now, so that later calls to advance() cannot change an iteration in progress.
         order = self.order(self.epoch)
-        batches = [
-            torch.tensor_split(order[b:e], self.world_size)[self.rank].tolist()
-            for b, e in self._step_bounds(self.consumed)
-        ]
-        return iter(batches)
+        begins, end = self._layout(self.consumed)
+        ends = [*begins[1:], end]
+        return iter([torch.tensor_split(order[b:e], self.world_size)[self.rank].tolist() for b, e in zip(begins, ends)])
 
     # -- position ------------------------------------------------------------------------------------
     def advance(self) -> None:
         """Record that this step's batch reached the training loop (rolls to the next epoch at its end)."""
-        bounds = self._step_bounds(self.consumed)
-        if not bounds:
+        begins, end = self._layout(self.consumed)
+        if not begins:
             raise RuntimeError("advance() was called past the end of the epoch.")
-        self.consumed = bounds[0][1]
-        if len(bounds) == 1:  # that was the epoch's last step
+        if len(begins) == 1:  # that was the epoch's last step
             self.epoch += 1
             self.consumed = 0
+        else:
+            self.consumed = begins[1]
 
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its beginning (the ``DistributedSampler`` idiom)."""
@@ -189,5 +182,5 @@ class EpochBatchSampler:
             raise ValueError(f"The saved position {consumed} lies past the end of a {self.num_samples}-sample epoch.")
         self.epoch = _check_int(state["epoch"], "epoch", 0)
         self.consumed = consumed
-        if not self._step_bounds(consumed):  # only drop_last samples were left under the new batch layout
+        if not self._layout(consumed)[0]:  # only drop_last samples were left under the new batch layout
             self.set_epoch(self.epoch + 1)
