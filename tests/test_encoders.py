@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from loss_helpers import TINY_DINO, tiny_dino, tiny_lpips
 
 from pixelgen.encoders import DINOv2Encoder, LPIPSEncoder, build_encoder, convert_dinov2_state_dict
+from pixelgen.encoders.base import check_pixel_ranges
 from pixelgen.utils.hub import WeightsNotFoundError
 from pixelgen.utils.io import save_safetensors
 
@@ -121,6 +122,17 @@ def test_dinov2_rejects_range_mixups(dino):
     with pytest.raises(ValueError, match="0-255"):
         dino(torch.rand(1, 3, 32, 32) * 255)
     dino((torch.rand(1, 3, 32, 32) * 2 - 1) * 1.1 / 2 + 0.5, check_range=False)  # predictions: unchecked
+
+
+def test_pixel_ranges_are_checked_together_and_the_failing_one_is_named():
+    image, raw = torch.rand(2, 3, 8, 8) * 2 - 1, torch.rand(2, 3, 8, 8)
+    ok = [(image, "The image", (-1.0, 1.0)), (raw.double(), "The raw image", (0.0, 1.0))]
+    check_pixel_ranges(ok)
+    check_pixel_ranges([(image.bfloat16() * 1.4, "A prediction", (-1.0, 1.0))])  # excursions within the margin pass
+    with pytest.raises(ValueError, match=r"^The raw image must hold values in \[0, 1\].*\[-1, 1\] image where"):
+        check_pixel_ranges([ok[0], (image, "The raw image", (0.0, 1.0))])
+    with pytest.raises(ValueError, match="The image must hold values"):
+        check_pixel_ranges([(torch.full((1, 3, 2, 2), float("nan")), "The image", (-1.0, 1.0))])
 
 
 @pytest.mark.parametrize("variant, chunks, fused", [("dinov2_vitb14", True, False), ("dinov2_vitg14", False, True)])

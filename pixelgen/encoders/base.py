@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -12,7 +12,7 @@ from torch import nn
 from ..utils.hub import WeightSource, resolve_weights
 from ..utils.io import CheckpointError, load_safetensors, safe_torch_load
 
-__all__ = ["FrozenEncoder", "WeightsSpec", "resolve_encoder_weights", "load_weight_file", "parse_dtype", "check_pixel_range", "at_least_float32"]
+__all__ = ["FrozenEncoder", "WeightsSpec", "resolve_encoder_weights", "load_weight_file", "parse_dtype", "check_pixel_range", "check_pixel_ranges", "at_least_float32"]
 
 WeightsSpec = str | os.PathLike | None
 """``None``: follow the resolution rule; ``"random"``: random initialisation; anything else: a file path."""
@@ -90,16 +90,21 @@ def check_pixel_range(x: torch.Tensor, name: str, expected: tuple[float, float],
 
     Small excursions are allowed on purpose (network predictions are not clamped).
     """
-    lo, hi = expected
-    mn, mx = (float(v) for v in torch.stack(torch.aminmax(x.detach().float())).tolist())
-    if mn >= lo - margin and mx <= hi + margin:
-        return
-    if mx > 2.0 * (hi + margin) and mx > 10:
-        guess = " (it looks like 0-255 pixel values)"
-    elif expected == (0.0, 1.0) and mn < -margin:
-        guess = " (it looks like a [-1, 1] image where a [0, 1] one is expected)"
-    elif expected == (-1.0, 1.0) and mn >= 0.0 and mx > 1.0 + margin:
-        guess = " (it looks like unnormalised pixel values)"
-    else:
-        guess = ""
-    raise ValueError(f"{name} must hold values in [{lo:g}, {hi:g}], got values in [{mn:.4g}, {mx:.4g}]{guess}.")
+    check_pixel_ranges([(x, name, expected)], margin)
+
+
+def check_pixel_ranges(checks: Sequence[tuple[torch.Tensor, str, tuple[float, float]]], margin: float = 0.5) -> None:
+    """:func:`check_pixel_range` for several ``(tensor, name, expected)`` on one device, with one host sync in all."""
+    extrema = torch.stack([torch.stack(torch.aminmax(x.detach())).float() for x, _, _ in checks]).tolist()
+    for (_, name, (lo, hi)), (mn, mx) in zip(checks, extrema):
+        if mn >= lo - margin and mx <= hi + margin:
+            continue
+        if mx > 2.0 * (hi + margin) and mx > 10:
+            guess = " (it looks like 0-255 pixel values)"
+        elif (lo, hi) == (0.0, 1.0) and mn < -margin:
+            guess = " (it looks like a [-1, 1] image where a [0, 1] one is expected)"
+        elif (lo, hi) == (-1.0, 1.0) and mn >= 0.0 and mx > 1.0 + margin:
+            guess = " (it looks like unnormalised pixel values)"
+        else:
+            guess = ""
+        raise ValueError(f"{name} must hold values in [{lo:g}, {hi:g}], got values in [{mn:.4g}, {mx:.4g}]{guess}.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Callable, Hashable, Mapping, Sequence
 
 import torch
@@ -24,6 +25,9 @@ class LossContext:
     A gated term sees a *subset* context (:meth:`subset`) holding only the gated-in samples. Values
     computed through :meth:`cached` are shared by all terms: a subset context reuses its parent's full-batch
     value by indexing it instead of recomputing.
+
+    The objective checks ``x`` and ``raw`` (shapes, pixel ranges) before it builds a context, so the frozen
+    encoders are called without checking them again (each range check is a host-device sync).
     """
 
     x: torch.Tensor
@@ -42,10 +46,15 @@ class LossContext:
     def batch_size(self) -> int:
         return self.x.shape[0]
 
+    @cached_property
+    def gated_index(self) -> torch.Tensor | None:
+        """Positions (1-D long) of the samples that pass the gate, None without gating; one host sync, once per context."""
+        return None if self.gate is None else self.gate.nonzero().squeeze(1)
+
     @property
     def any_gated_in(self) -> bool:
         """True when at least one sample passes the gate (always true without gating)."""
-        return self.gate is None or bool(self.gate.any())
+        return self.gated_index is None or self.gated_index.numel() > 0
 
     def constant(self, value: float) -> torch.Tensor:
         """A 0-dim tensor without gradient, on the batch's device, in the dtype loss values use here."""
@@ -96,7 +105,7 @@ class LossContext:
 
         def compute(ctx: "LossContext") -> torch.Tensor:
             with torch.no_grad():
-                return ctx.encoder(role)(ctx.raw, layers=layers)
+                return ctx.encoder(role)(ctx.raw, layers=layers, check_range=False)
 
         return self.cached(key, compute)
 

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from ..encoders import build_encoder
-from ..encoders.base import at_least_float32, check_pixel_range
+from ..encoders.base import at_least_float32, check_pixel_ranges
 from ..registry import registries
 from ..utils.checks import check_image_batch, check_labels, check_same_shape, check_timesteps
 from .balancer import Balancer
 from .context import LossContext
-from .path import _draw, drop_condition, interpolate, sample_t
+from .path import _draw, _interpolate, drop_condition, sample_t
 
 __all__ = ["Objective", "GATING_COMPUTE", "DEFAULT_ENCODERS", "UPSTREAM_LOG_NAMES"]
 
@@ -208,8 +208,9 @@ class Objective(nn.Module):
             t_draws, noise, drop_draws = _per_sample_draws(image, seeds, self.time["distribution"])
             t = sample_t(image.shape[0], device=image.device, draws=t_draws, **self.time)
             cond = drop_condition(cond, self.cond_drop_prob, null_label=num_classes, uncond=uncond, draws=drop_draws)
-        noise = noise * self.noise_scale
-        return self.evaluate(model, image, raw, cond, t, noise, step=step)
+        if self.noise_scale != 1.0:
+            noise = noise * self.noise_scale
+        return self._evaluate(model, image, raw, cond, t, noise, step=step)  # t is in [0, 1] by construction
 
     def evaluate(
         self,
@@ -224,11 +225,15 @@ class Objective(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """The objective at given times ``t`` and ``noise`` (no sampling, no condition dropout)."""
         check_image_batch(image, "image", channels=3)
-        check_same_shape(raw, image, "raw", "image")
-        check_pixel_range(image, "The training image", (-1.0, 1.0))
-        check_pixel_range(raw, "The raw training image", (0.0, 1.0))
         check_timesteps(t, image.shape[0])
-        x_t = interpolate(image, noise, t)
+        check_same_shape(noise, image, "noise", "image")
+        return self._evaluate(model, image, raw, cond, t, noise, step=step)
+
+    def _evaluate(self, model: nn.Module, image: torch.Tensor, raw: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, *, step: int | None) -> dict[str, torch.Tensor]:
+        """:meth:`evaluate` for a checked ``image`` and valid ``t`` (this runs every training step: few host syncs)."""
+        check_same_shape(raw, image, "raw", "image")
+        check_pixel_ranges([(image, "The training image", (-1.0, 1.0)), (raw, "The raw training image", (0.0, 1.0))])
+        x_t = _interpolate(image, noise, t)
         feature = None
         if self.needs_feature:
             out = model(x_t, t, cond, return_layer=self.align_layer)
@@ -241,7 +246,7 @@ class Objective(nn.Module):
         gate = None if self.percept_t_threshold is None else t >= self.percept_t_threshold
         ctx = LossContext(x=image, raw=raw, x_t=x_t, t=t, x_hat=x_hat, feature=feature, gate=gate, encoders=self.encoders)
 
-        values = {name: self._term_value(name, term, ctx) for name, term in self.terms.items()}
+        values = self._term_values(ctx)
         if self.check_finite:
             stacked = torch.stack([v.detach().float() for v in values.values()])
             if not bool(torch.isfinite(stacked).all()):
@@ -250,36 +255,39 @@ class Objective(nn.Module):
 
         plain = [self.weights[n] * v for n, v in values.items() if not getattr(self.terms[n], "perceptual", False)]
         percept = [self.weights[n] * v for n, v in values.items() if getattr(self.terms[n], "perceptual", False)]
-        total = sum(plain[1:], plain[0]) if plain else torch.zeros((), device=image.device)
+        total = sum(plain[1:], plain[0]) if plain else ctx.constant(0.0)
         if percept:
             percept_sum = sum(percept[1:], percept[0])
             if self.balancer.due(step) and torch.is_grad_enabled():
                 self.balancer.update(model, values[self.balance_against], percept_sum)
             total = total + self.percept_ratio * self.balancer.weight * percept_sum
         out = {name: v.detach() for name, v in values.items()}
-        out["percept_weight"] = torch.tensor(self.balancer.weight, device=image.device)
+        out["percept_weight"] = ctx.constant(self.balancer.weight)  # a fill, not a (synchronising) host-to-device copy
         out["loss"] = total
         return out
 
-    def _term_value(self, name: str, term: nn.Module, ctx: LossContext) -> torch.Tensor:
-        if getattr(term, "gated", False) and ctx.gate is not None:
-            value = self._gated_value(term, ctx)
-        else:
-            value = term(ctx)
-        if not isinstance(value, torch.Tensor) or value.ndim != 0:
-            raise TypeError(f"Loss term '{name}' must return a 0-dim tensor, got {getattr(value, 'shape', type(value).__name__)}.")
-        return at_least_float32(value)
+    def _term_values(self, ctx: LossContext) -> dict[str, torch.Tensor]:
+        """Every term's value; gated terms share one gated context (None: no sample passes, the value is 0)."""
+        gated = [getattr(term, "gated", False) and ctx.gate is not None for term in self.terms.values()]
+        gated_ctx = self._gated_context(ctx) if any(gated) else None
+        values = {}
+        for (name, term), is_gated in zip(self.terms.items(), gated):
+            if not is_gated:
+                value = term(ctx)
+            else:
+                value = ctx.constant(0.0) if gated_ctx is None else term(gated_ctx)
+            if not isinstance(value, torch.Tensor) or value.ndim != 0:
+                raise TypeError(f"Loss term '{name}' must return a 0-dim tensor, got {getattr(value, 'shape', type(value).__name__)}.")
+            values[name] = at_least_float32(value)
+        return values
 
-    def _gated_value(self, term: nn.Module, ctx: LossContext) -> torch.Tensor:
-        assert ctx.gate is not None
+    def _gated_context(self, ctx: LossContext) -> LossContext | None:
         if self.gating_compute == "masked":
-            return term(ctx.masked(ctx.gate))
-        index = ctx.gate.nonzero().squeeze(1)
+            return ctx.masked(ctx.gate)
+        index = ctx.gated_index
         if index.numel() == 0:
-            return ctx.constant(0.0)
-        if index.numel() == ctx.batch_size:
-            return term(ctx)
-        return term(ctx.subset(index))
+            return None
+        return ctx if index.numel() == ctx.batch_size else ctx.subset(index)
 
     def extra_repr(self) -> str:
         terms = ", ".join(f"{n}×{w:g}{' (gated)' if getattr(self.terms[n], 'gated', False) else ''}" for n, w in self.weights.items())
@@ -290,14 +298,15 @@ def _per_sample_draws(image: torch.Tensor, seeds: object, distribution: str) -> 
     """(time draws, standard-normal noise like ``image``, dropout draws), sample i from a CPU generator seeded ``seeds[i]``."""
     if not isinstance(seeds, torch.Tensor) or seeds.shape != (image.shape[0],) or seeds.is_floating_point():
         raise ValueError(f"batch['seeds'] must be an integer tensor of shape ({image.shape[0]},), got {getattr(seeds, 'shape', type(seeds).__name__)}.")
-    t_draws, noise, drops = [], [], []
-    for seed in seeds.tolist():
+    # One row per sample, in draw order: [time, noise..., dropout]; one buffer makes one host-to-device copy.
+    draws = torch.empty(image.shape[0], image[0].numel() + 2)
+    for row, seed in zip(draws, seeds.tolist()):
         g = torch.Generator().manual_seed(int(seed))
-        t_draws.append(torch.randn((), generator=g) if distribution == "logit_normal" else torch.rand((), generator=g))
-        noise.append(torch.randn(tuple(image.shape[1:]), generator=g))
-        drops.append(torch.rand((), generator=g))
-    device = image.device
-    return torch.stack(t_draws).to(device), torch.stack(noise).to(device=device, dtype=image.dtype), torch.stack(drops).to(device)
+        (row[:1].normal_ if distribution == "logit_normal" else row[:1].uniform_)(generator=g)
+        row[1:-1].normal_(generator=g)
+        row[-1:].uniform_(generator=g)
+    draws = draws.to(image.device)
+    return draws[:, 0], draws[:, 1:-1].reshape(image.shape).to(image.dtype), draws[:, -1]
 
 
 def objective_options() -> list[str]:

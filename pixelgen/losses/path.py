@@ -69,6 +69,11 @@ def interpolate(x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.
     if x.shape != noise.shape:
         raise ValueError(f"x and noise must have the same shape, got {tuple(x.shape)} and {tuple(noise.shape)}.")
     check_timesteps(t, x.shape[0])
+    return _interpolate(x, noise, t)
+
+
+def _interpolate(x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """:func:`interpolate` without its checks, for callers whose ``t`` is valid by construction (no host syncs)."""
     tt = _per_sample(t, x)
     return tt * x + (1.0 - tt) * noise
 

@@ -186,7 +186,7 @@ class LpipsTerm(LossTerm):
         if self.patch_size != self.base_patch_size:
             side = int(pred.shape[-2] * self.base_patch_size / self.patch_size)
             pred, target = (F.interpolate(v, size=(side, side), mode="bilinear", align_corners=False, antialias=True) for v in (pred, target))
-        return ctx.encoder(self.encoder_role)(pred, target)
+        return ctx.encoder(self.encoder_role)(pred, target, check_range=False)  # the objective checked x
 
 
 PDINO_GATING = ("original", "intended")
