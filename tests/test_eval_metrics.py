@@ -295,6 +295,10 @@ def test_input_checks(tmp_path):
         evaluate(good, good, metrics=["kid"], inception=net, progress=False)
     with pytest.raises(FileNotFoundError):
         evaluate(tmp_path / "missing.npz", good, inception=net, progress=False)
+    with pytest.raises(ValueError, match="needs an Inception feature extractor"):
+        load_reference(good, metrics=["fid"], progress=False)
+    with pytest.raises(ValueError, match="needs a DINOv2 feature extractor"):
+        load_reference(good, metrics=["fd_dinov2"], progress=False)
 
 
 def test_npz_streaming_writer_is_deterministic_and_memory_mappable(tmp_path):

@@ -278,7 +278,8 @@ def load_reference(
     wants_inception = [_STAT_KEYS[m] for m in metrics if m in ("fid", "sfid") and _STAT_KEYS[m] not in ref.stats]
     need_pool = "pr" in metrics and ref.pool_features is None
     if (wants_inception or need_pool) and images is not None:
-        assert inception is not None, "an Inception extractor is needed for the reference"
+        if inception is None:
+            raise ValueError(f"Reference {ref.source} needs an Inception feature extractor for {', '.join(metrics)} (pass inception=build_inception(...)).")
         kinds = sorted(set(wants_inception) | {"pool", "spatial"})  # one pass gives both; cache both
         arrays = _cached(
             Path(cache_dir) if cache_dir else None,
@@ -292,7 +293,8 @@ def load_reference(
                 ref.stats[kind] = GaussianStats(arrays[mu_key], arrays[sigma_key], int(arrays["count"]))
         ref.pool_features = arrays[_FEATURES_KEY]
     if "fd_dinov2" in metrics and "dinov2" not in ref.stats and images is not None:
-        assert dinov2 is not None, "a DINOv2 extractor is needed for FD-DINOv2"
+        if dinov2 is None:
+            raise ValueError(f"Reference {ref.source} needs a DINOv2 feature extractor for fd_dinov2 (pass dinov2=build_dinov2_features(...)).")
         arrays = _cached(
             Path(cache_dir) if cache_dir else None,
             images,
@@ -386,7 +388,7 @@ def evaluate(
         dinov2 = build_dinov2_features(weights=dinov2_weights, device=device)
 
     ref = load_reference(reference, metrics=metrics, inception=inception, dinov2=dinov2, cache_dir=cache, batch_size=batch_size, use_file_stats=use_file_stats, progress=progress)
-    if inception is not None and isinstance(inception, InceptionFeatures):
+    if isinstance(inception, InceptionFeatures):
         _check_dims(ref, {k2: v for k2, v in InceptionFeatures.feature_dims.items() if k2 != "logits"})
 
     feats: dict[str, np.ndarray] = {}
