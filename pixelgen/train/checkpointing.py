@@ -100,9 +100,3 @@ class CheckpointManager:
 
     def find_resume(self) -> Path | None:
         return self.latest if self.latest.is_file() else None
-
-    def load(self, path: str | os.PathLike | None = None) -> dict[str, Any]:
-        target = Path(path) if path is not None else self.latest
-        if not target.exists():
-            raise CheckpointError(f"No checkpoint to resume from at {target}.")
-        return load_training_checkpoint(target)

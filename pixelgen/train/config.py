@@ -9,7 +9,6 @@ as ``config.json`` (:meth:`TrainConfig.to_dict`) and read back with :meth:`Train
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -110,7 +109,7 @@ class TrainConfig:
     run with a fresh optimiser and step 0 (stage transitions, spec §6.6). ``max_bad_steps``: consecutive
     non-finite losses after which the run stops. ``per_sample_noise``: draw each sample's t, noise and CFG drop
     from a generator seeded by (seed, global sample index), so results do not depend on how a global batch is
-    split over processes (needs an objective that reads ``batch["noise_seeds"]``; see the trainer).
+    split over processes (needs an objective that reads ``batch["seeds"]``; see the trainer).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -178,9 +177,6 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         """Rebuild a config from :meth:`to_dict` output; unknown keys are an error (one sentence)."""
         return _from_dict(cls, data, "config")
-
-    def replace(self, **changes: Any) -> "TrainConfig":
-        return dataclasses.replace(copy.deepcopy(self), **changes)
 
 
 def _from_dict(cls: type, data: Any, where: str) -> Any:

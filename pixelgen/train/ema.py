@@ -21,11 +21,11 @@ __all__ = ["EMA"]
 class EMA:
     """Keeps ``model``'s fp32 exponential moving average in ``self.model`` (eval mode, no gradients)."""
 
-    def __init__(self, model: nn.Module, decay: float = 0.9999, *, shadow: nn.Module | None = None):
+    def __init__(self, model: nn.Module, decay: float = 0.9999):
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay must lie in [0, 1], got {decay}.")
         self.decay = float(decay)
-        self.model = shadow if shadow is not None else copy.deepcopy(model)
+        self.model = copy.deepcopy(model)
         self.model.to(torch.float32).eval().requires_grad_(False)
         self.track(model)
 

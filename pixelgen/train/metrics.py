@@ -1,7 +1,7 @@
 """Run logs: JSON lines (always), TensorBoard (when installed), a loss-curve PNG and sample-grid PNGs.
 
 Only rank 0 writes. ``metrics.jsonl`` gets one object per logged step (``{"step": ..., "loss": ..., ...}``)
-and one per event (``{"event": "nan_skip", ...}``); it is appended to on resume, so it reads as one history.
+and one per event (``{"event": "skipped_step", ...}``); it is appended to on resume, so it reads as one history.
 """
 
 from __future__ import annotations
