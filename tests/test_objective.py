@@ -62,10 +62,10 @@ def test_frozen_encoders_stay_out_of_state_dict_and_parameters_but_move_with_the
     assert moving.terms["repa"].proj[0][0].weight.dtype == torch.float64
 
 
-def _gating_run(dino, lpips_net, t, compute, pdino_gating="intended"):
+def _gating_run(dino, lpips_net, t, compute, pdino_gating="intended", **overrides):
     """(outputs, grads of x̂'s producer and the projector, encoder batch sizes) for fixed t and noise."""
     dino_rec, lpips_rec = CallRecorder(dino), CallRecorder(lpips_net)
-    obj = objective(dino_rec, lpips_rec, hidden_size=16, gating_compute=compute, pdino_gating=pdino_gating).double()
+    obj = objective(dino_rec, lpips_rec, hidden_size=16, gating_compute=compute, pdino_gating=pdino_gating, **overrides).double()
     torch.manual_seed(0)
     model = StubC2I(hidden_size=16).double()
     b = batch(len(t), dtype=torch.float64)
@@ -109,8 +109,12 @@ def test_gated_subset_equals_masked_full_computation(dino64, lpips64, ts):
 
 def test_gated_terms_are_zero_without_gradient_when_no_sample_qualifies(dino64, lpips64):
     t = torch.tensor([0.1, 0.2, 0.05])
-    out, grads, _, lpips_calls = _gating_run(dino64, lpips64, t, "subset")
-    assert float(out["lpips"]) == 0.0 and float(out["pdino"]) == 0.0 and lpips_calls == []
+    out, grads, dino_calls, lpips_calls = _gating_run(dino64, lpips64, t, "subset")
+    assert float(out["lpips"]) == 0.0 and float(out["pdino"]) == 0.0 and lpips_calls == [] and dino_calls == [3]
+    torch.testing.assert_close(out["loss"].detach(), out["flow_matching"] + 0.5 * out["repa"], rtol=0, atol=0)
+    _, plain_grads, _, _ = _gating_run(dino64, lpips64, t, "subset", losses=["flow_matching", "repa"])
+    for a, b in zip(grads, plain_grads):  # the gated terms add nothing to any gradient
+        assert (a is None) == (b is None) and (a is None or torch.equal(a, b))
 
 
 def _pdino_cosines(dino, t):
