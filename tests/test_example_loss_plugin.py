@@ -41,8 +41,12 @@ def test_the_plugin_term_contributes_to_the_total(plugin, dino):
     image, raw = images(4)
     model = StubC2I(hidden_size=16)
     t = torch.tensor([0.2, 0.5, 0.7, 0.9])
-    out = obj.evaluate(model, image, raw, torch.arange(4), t, torch.randn_like(image))
-    assert float(out["focal_frequency"]) > 0
+    noise = torch.randn_like(image)
+    out = obj.evaluate(model, image, raw, torch.arange(4), t, noise)
+    from pixelgen_example_loss import focal_frequency_distance
+
+    x_hat = model(t.view(-1, 1, 1, 1) * image + (1 - t.view(-1, 1, 1, 1)) * noise, t, torch.arange(4))
+    torch.testing.assert_close(out["focal_frequency"], focal_frequency_distance(x_hat[1:], image[1:]).mean())  # gated: t >= 0.3
     expected = out["flow_matching"] + 0.5 * out["repa"] + 0.5 * out["focal_frequency"]
     torch.testing.assert_close(out["loss"].detach(), expected)
     out["loss"].backward()
