@@ -33,14 +33,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 
 from pixelgen.train import TrainConfig
 from pixelgen.train.config import DataConfig, ModelConfig, ObjectiveConfig, OptimConfig, SampleConfig
@@ -243,16 +241,19 @@ def train_stage(
     from pixelgen.conditioners import build_conditioner_from_spec
     from pixelgen.conditioners.training import T2ITrainer
 
+    from pixelgen.train import CheckpointManager
+    from pixelgen.train.distributed import training_device
+
     needs = NEEDS_INIT.get(stage or "")
-    if resume == "auto" and not (Path(config.out_dir) / "checkpoints" / "latest.pt").is_file():
+    if resume == "auto" and CheckpointManager(config.out_dir).find_resume() is None:
         resume = None  # nothing to continue yet: start the stage (from init_from when given)
     if needs and not config.init_from and resume is None:
         raise ValueError(f"Stage {stage} starts from a {needs} run: pass --init-from <that run's folder or checkpoint>.")
     if config.data.dataset in ("webdataset_captions", "caption_folder"):
         check_caption_data(config.data.dataset, config.data.root)
-    # Load the encoder straight onto the training device (bf16 there on CUDA); T2ITrainer checks that its
-    # width and token count match the backbone's.
-    device = config.device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    # Load the encoder straight onto this rank's training device (bf16 there on CUDA); T2ITrainer checks that
+    # its width and token count match the backbone's.
+    device = training_device(config.device)
     conditioner = build_conditioner_from_spec(settings.text_encoder, pad_mask=settings.pad_mask, device=device)
     trainer = T2ITrainer(config, conditioner=conditioner, prompts=settings.prompts, resume=resume, progress=progress)
     try:

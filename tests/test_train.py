@@ -148,6 +148,20 @@ def test_ema_updates_once_per_optimiser_step_with_accumulation(tmp_path):
     assert trainer.loader.state_dict()["consumed"] == 0 and trainer.loader.state_dict()["epoch"] == 2  # 6 batches of 4 = 2 epochs
 
 
+# -- device -----------------------------------------------------------------------------------------------
+def test_training_device_is_this_ranks_gpu(monkeypatch):
+    from pixelgen.train.distributed import training_device
+
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert training_device(None) == training_device("cuda") == torch.device("cuda:3")  # not cuda:0 on every rank
+    assert training_device("cuda:1") == torch.device("cuda:1") and training_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert training_device(None) == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        training_device("cuda")
+
+
 # -- optimiser set-up --------------------------------------------------------------------------------------
 def test_optimizer_has_paper_defaults_and_leaves_out_the_frozen_pos_embed(tmp_path):
     trainer = Trainer(small_config(tmp_path), model=tiny_jit(), objective=SeededFlowMatching(), dataset=RandomImages(), progress=False)

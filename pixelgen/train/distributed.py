@@ -19,6 +19,7 @@ import torch.distributed as dist
 __all__ = [
     "DistInfo",
     "setup_distributed",
+    "training_device",
     "cleanup_distributed",
     "seed_everything",
     "all_gather_objects",
@@ -55,22 +56,26 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"Environment variable {name} must be an integer, got {value!r}.") from None
 
 
-def setup_distributed(device: str | None = None) -> DistInfo:
-    """Read the torchrun environment, pick the device and start the process group when there are several ranks.
+def training_device(device: str | None = None) -> torch.device:
+    """This process's training device: None picks ``cuda:<LOCAL_RANK>`` when CUDA is available, else CPU;
+    ``"cuda"`` without an index also means this rank's GPU; ``"cpu"`` or ``"cuda:N"`` are taken as given."""
+    kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not kind.startswith("cuda"):
+        return torch.device(kind)
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} was asked for but CUDA is not available here.")
+    return torch.device(kind if ":" in kind else f"cuda:{_env_int('LOCAL_RANK', 0)}")
 
-    ``device``: None picks ``cuda:<LOCAL_RANK>`` when CUDA is available, else CPU; "cpu"/"cuda" force a kind.
-    """
+
+def setup_distributed(device: str | None = None) -> DistInfo:
+    """Read the torchrun environment, pick the device (:func:`training_device`) and start the process group
+    when there are several ranks."""
     rank, world, local = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"RANK={rank} and WORLD_SIZE={world} are inconsistent (need 0 <= RANK < WORLD_SIZE).")
-    kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if kind.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device={device!r} was asked for but CUDA is not available here.")
-        dev = torch.device(kind if ":" in kind else f"cuda:{local}")
+    dev = training_device(device)
+    if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    else:
-        dev = torch.device(kind)
     initialised_here = False
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
