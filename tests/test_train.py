@@ -377,8 +377,13 @@ def test_init_from_a_different_resolution_regenerates_pos_embed(tmp_path):
 
 # -- precision, clipping, warm-up -------------------------------------------------------------------------
 def test_bf16_autocast_on_cpu_keeps_fp32_master_weights(tmp_path):
-    trainer, result = run(small_config(tmp_path, "max_steps=2", "precision=bf16"))
-    assert trainer.amp_dtype == torch.bfloat16 and result.last_loss is not None
+    trainer = Trainer(small_config(tmp_path, "max_steps=2", "precision=bf16"), model=tiny_jit(), objective=SeededFlowMatching(),
+                      dataset=RandomImages(n=12), progress=False)
+    computed_in = []
+    trainer.model.final_layer.linear.register_forward_hook(lambda m, i, out: computed_in.append(out.dtype))
+    result = trainer.fit()
+    trainer.close()
+    assert computed_in == [torch.bfloat16] * 2 and result.last_loss is not None  # the forward ran under bf16 autocast
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     assert all(p.dtype == torch.float32 for p in trainer.ema.model.parameters())
     assert all(s["exp_avg"].dtype == torch.float32 for s in trainer.optimizer.state.values())
