@@ -351,3 +351,18 @@ def test_nan_names_step_and_time():
 
     with pytest.raises(FloatingPointError, match=r"at step 2 \(t = 0\.75\)"):
         sampler(breaks_late, torch.zeros(2, 2), torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_one_non_finite_value_anywhere_is_caught(bad):
+    sampler = build_sampler("euler", num_steps=3)
+
+    def one_bad_value(x, t, c):
+        out = torch.zeros_like(x)
+        if float(t[0]) > 0.5:
+            out[-1, -1] = bad
+        return out
+
+    with pytest.raises(FloatingPointError, match="at step 2"):
+        sampler(one_bad_value, torch.zeros(2, 5), torch.tensor([0, 1]))
+    assert torch.equal(sampler(lambda x, t, c: torch.zeros_like(x), torch.zeros(0, 5), torch.zeros(0, dtype=torch.long)), torch.zeros(0, 5))

@@ -94,7 +94,7 @@ class GuidedDenoiser:
             raise ValueError(f"The denoiser must return x̂ with the input's shape {tuple(x.shape)}, got {got}.")
         self.calls += 1
         self.rows += x.shape[0]
-        finite = torch.isfinite(out).all()
+        finite = _all_finite(out)
         if x.device.type == "cpu":
             if not bool(finite):
                 self._raise_not_finite(self.step, t)
@@ -141,3 +141,12 @@ class GuidedDenoiser:
     @staticmethod
     def _raise_not_finite(step: int, t: float) -> None:
         raise FloatingPointError(f"The denoiser returned NaN or infinite values at step {step} (t = {t:.6g}).")
+
+
+def _all_finite(values: torch.Tensor) -> torch.Tensor:
+    """0-dim bool: whether every value is finite. One reduction pass: ``aminmax`` propagates NaN and keeps ±inf,
+    while ``isfinite(values).all()`` makes several full passes and allocations (half the sampler's own CPU time)."""
+    if values.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=values.device)
+    low, high = torch.aminmax(values)
+    return torch.isfinite(low) & torch.isfinite(high)
