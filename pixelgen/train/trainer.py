@@ -41,6 +41,7 @@ from .checkpointing import CheckpointManager, capture_rng_state, load_training_c
 from .config import TrainConfig
 from .distributed import (
     DistInfo,
+    all_gather_ints,
     all_gather_objects,
     any_true,
     barrier,
@@ -350,7 +351,7 @@ class Trainer:
     def _attach_seeds(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Per-sample seeds from the global sample index (see the module docstring)."""
         local = _batch_size(batch)
-        sizes = all_gather_objects(local)
+        sizes = all_gather_ints(local, self.device)
         offset = self.samples_seen + sum(sizes[: self.dist.rank])
         self.samples_seen += sum(sizes)
         return {**batch, "seeds": sample_seeds(self.config.seed, offset, local)}
