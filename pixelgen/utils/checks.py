@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import math
+from typing import Sequence
 
 import torch
 
@@ -10,16 +11,14 @@ __all__ = [
     "check_tensor",
     "check_image_batch",
     "check_finite",
-    "check_range",
     "check_labels",
     "check_timesteps",
     "check_same_shape",
-    "check_batch_size",
 ]
 
 
 def _shape(t: torch.Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+    return str(tuple(t.shape))
 
 
 def check_tensor(x: object, name: str, *, ndim: int | None = None, floating: bool | None = None) -> torch.Tensor:
@@ -63,11 +62,10 @@ def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
     return x
 
 
-def check_range(x: torch.Tensor, name: str, lo: float, hi: float, *, hint: str = "") -> torch.Tensor:
-    mn, mx = x.min().item(), x.max().item()
-    if mn < lo or mx > hi:
-        raise ValueError(f"{name} must lie in [{lo}, {hi}], got values in [{mn:.4g}, {mx:.4g}]{hint}.")
-    return x
+def _min_max(x: torch.Tensor) -> tuple[float, float]:
+    """(min, max) of a non-empty tensor with a single device-to-host transfer (NaN propagates into both)."""
+    low, high = torch.aminmax(x.detach())
+    return tuple(torch.stack([low, high]).tolist())
 
 
 def check_labels(y: object, num_classes: int, name: str = "y", *, allow_null: bool = True, batch: int | None = None) -> torch.Tensor:
@@ -76,11 +74,14 @@ def check_labels(y: object, num_classes: int, name: str = "y", *, allow_null: bo
     if batch is not None and y.shape[0] != batch:
         raise ValueError(f"{name} has {y.shape[0]} labels but the batch has {batch} images.")
     hi = num_classes if allow_null else num_classes - 1
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) > hi):
+    if not y.numel():
+        return y
+    low, high = _min_max(y)
+    if low < 0 or high > hi:
         raise ValueError(
             f"{name} must be class indices in [0, {hi}]"
             + (f" ({num_classes} is the null class)" if allow_null else "")
-            + f", got values in [{int(y.min())}, {int(y.max())}]."
+            + f", got values in [{low}, {high}]."
         )
     return y
 
@@ -89,20 +90,15 @@ def check_timesteps(t: object, batch: int, name: str = "t") -> torch.Tensor:
     t = check_tensor(t, name, floating=True)
     if t.ndim != 1 or t.shape[0] != batch:
         raise ValueError(f"{name} must have shape ({batch},) (one time per image), got {_shape(t)}.")
-    if t.numel() and (not torch.isfinite(t).all() or float(t.min()) < 0.0 or float(t.max()) > 1.0):
-        raise ValueError(f"{name} must lie in [0, 1] (0 = noise, 1 = data), got values in [{float(t.min()):.4g}, {float(t.max()):.4g}].")
+    if not t.numel():
+        return t
+    low, high = _min_max(t)
+    if not (0.0 <= low and high <= 1.0):  # NaN fails both comparisons
+        got = "NaN" if math.isnan(low) else f"values in [{low:.4g}, {high:.4g}]"
+        raise ValueError(f"{name} must lie in [0, 1] (0 = noise, 1 = data), got {got}.")
     return t
 
 
 def check_same_shape(a: torch.Tensor, b: torch.Tensor, na: str, nb: str) -> None:
     if a.shape != b.shape:
         raise ValueError(f"{na} and {nb} must have the same shape, got {_shape(a)} and {_shape(b)}.")
-
-
-def check_batch_size(tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
-    items = [(n, t) for n, t in tensors if t is not None]
-    sizes = {n: t.shape[0] for n, t in items}
-    if len(set(sizes.values())) > 1:
-        desc = ", ".join(f"{n}: {s}" for n, s in sizes.items())
-        raise ValueError(f"Batch sizes disagree ({desc}).")
-    return next(iter(sizes.values())) if sizes else 0
