@@ -28,36 +28,6 @@ class RandomImages(torch.utils.data.Dataset):
         return {"image": x, "raw": (x + 1) / 2, "label": i % self.num_classes}
 
 
-class StubBackbone(nn.Module):
-    """A tiny patch-MLP with the backbone contract (``forward(x, t, y, *, return_layer)``, ``final_layer``)."""
-
-    arch = "stub"
-
-    def __init__(self, num_classes: int = 4, size: int = 16, patch: int = 4, hidden: int = 32):
-        super().__init__()
-        self.num_classes, self.input_size, self.patch_size, self.hidden_size, self.in_channels = num_classes, size, patch, hidden, 3
-        self.config = {"num_classes": num_classes, "input_size": size, "patch_size": patch, "hidden_size": hidden}
-        self.embed = nn.Conv2d(3, hidden, patch, stride=patch)
-        self.pos_embed = nn.Parameter(torch.zeros(1, (size // patch) ** 2, hidden), requires_grad=False)
-        self.y_embed = nn.Embedding(num_classes + 1, hidden)
-        self.t_embed = nn.Linear(1, hidden)
-        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.GELU()) for _ in range(2))
-        self.final_layer = nn.Module()
-        self.final_layer.linear = nn.Linear(hidden, patch * patch * 3)
-
-    def forward(self, x, t, y, *, return_layer=None):
-        b, p, g = x.shape[0], self.patch_size, self.input_size // self.patch_size
-        h = self.embed(x).flatten(2).transpose(1, 2) + self.pos_embed
-        c = (self.y_embed(y) + self.t_embed(t.view(-1, 1).to(h.dtype))).unsqueeze(1)
-        feat = None
-        for i, block in enumerate(self.blocks):
-            if return_layer == i + 1:
-                feat = h
-            h = h + block(h + c)
-        out = self.final_layer.linear(h).view(b, g, g, 3, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, 3, g * p, g * p)
-        return (out, feat) if return_layer is not None else out
-
-
 def tiny_jit(num_classes: int = 4, size: int = 16, **overrides):
     import pixelgen
 
