@@ -51,9 +51,10 @@ class EMA:
         live, avg = self._pairs
         if not live:
             return
-        source = [p.detach().to(torch.float32) if p.dtype != torch.float32 else p.detach() for p in live]
         torch._foreach_mul_(avg, self.decay)
-        torch._foreach_add_(avg, source, alpha=1.0 - self.decay)
+        # The live weights go in as they are (no per-step detach/cast list): under no_grad nothing is recorded,
+        # and a low-precision weight is promoted to fp32 by the in-place add itself.
+        torch._foreach_add_(avg, live, alpha=1.0 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()
