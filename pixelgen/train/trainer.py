@@ -449,9 +449,10 @@ class Trainer:
                 window_steps += 1
                 last_loss = values.get("loss", last_loss)
                 if bar is not None:
-                    bar.update(1)
                     rate = global_batch * window_steps / max(time.perf_counter() - window_start, 1e-9)
-                    bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}", img_s=f"{rate:.1f}")
+                    # refresh=False: update() redraws at tqdm's rate limit instead of on every step
+                    bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}", img_s=f"{rate:.1f}", refresh=False)
+                    bar.update(1)
                 if self.step % c.log_every == 0 or self.step == c.max_steps:
                     elapsed = max(time.perf_counter() - window_start, 1e-9)
                     values = {**self._mean_over_ranks(values), "images_per_s": global_batch * window_steps / elapsed}
