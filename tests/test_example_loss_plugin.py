@@ -62,4 +62,9 @@ def test_the_focal_frequency_distance_formula(plugin):
     delta = torch.zeros(1, 1, 8, 8)
     delta[0, 0] = 0.5  # a constant image: only the DC coefficient differs, by 0.5·8 (orthonormal FFT)
     torch.testing.assert_close(focal_frequency_distance(delta, torch.zeros_like(delta)), torch.tensor([(0.5 * 8) ** 2 / 64]))
+    # Two frequencies: DC off by 0.5·8 = 4 and the horizontal Nyquist one by 0.25·8 = 2, weighted by (|ΔF| / 4)^alpha.
+    delta = delta + 0.25 * (-1.0) ** torch.arange(8.0)
+    for alpha, weak_weight in ((1.0, 0.5), (2.0, 0.25)):
+        expected = torch.tensor([(4.0**2 + weak_weight * 2.0**2) / 64])
+        torch.testing.assert_close(focal_frequency_distance(delta, torch.zeros_like(delta), alpha), expected)
 

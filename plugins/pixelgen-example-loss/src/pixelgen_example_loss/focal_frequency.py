@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from pixelgen.encoders.base import at_least_float32
 from pixelgen.losses import LossContext, LossTerm
 from pixelgen.utils.checks import check_image_batch, check_same_shape
 
@@ -17,12 +18,11 @@ def focal_frequency_distance(pred: torch.Tensor, target: torch.Tensor, alpha: fl
     """Per-sample focal frequency distance (B,) between (B, C, H, W) images."""
     check_image_batch(pred, "pred")
     check_same_shape(pred, target, "pred", "target")
-    diff = torch.fft.fft2(pred.float(), norm="ortho") - torch.fft.fft2(target.float(), norm="ortho")
+    diff = torch.fft.fft2(at_least_float32(pred), norm="ortho") - torch.fft.fft2(at_least_float32(target), norm="ortho")
     dist = diff.real.pow(2) + diff.imag.pow(2)
-    with torch.no_grad():
+    with torch.no_grad():  # in [0, 1]: each value over its image-and-channel maximum
         weight = dist.sqrt().pow(alpha)
         weight = weight / weight.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
-        weight = weight.clamp(0.0, 1.0)
     return (weight * dist).flatten(1).mean(dim=1)
 
 
