@@ -184,6 +184,29 @@ def test_apply_rotary_pairs_rotates_adjacent_pairs():
         apply_rotary_pairs(torch.randn(1, 1, 5, 8), table)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_apply_rotary_pairs_eager_and_compiled_forms_agree(dtype):
+    """Eager mode multiplies complex numbers, torch.compile traces real products: the same values and gradients
+    (to rounding), for the activations' own layout (q of a fused qkv) and for a layout that must be copied first."""
+    gen = torch.Generator().manual_seed(4)
+    table = axial_rope_2d(8, 2, 3, prefix_len=1)
+    qkv = torch.randn(2, 7, 3, 4, 8, generator=gen).to(dtype)  # (B, tokens, 3, heads, head_dim)
+    q = qkv.permute(2, 0, 3, 1, 4)[0]
+    odd = torch.randn(2, 4, 7, 9, generator=gen).to(dtype)[..., 1:]  # odd storage offset and strides
+    compiled = torch.compile(apply_rotary_pairs, backend="eager", fullgraph=True)
+    for x in (q, odd):
+        eager_in, compiled_in = x.detach().requires_grad_(), x.detach().requires_grad_()
+        eager, traced = apply_rotary_pairs(eager_in, table), compiled(compiled_in, table)
+        assert eager.dtype == traced.dtype == dtype
+        torch.testing.assert_close(eager, traced)  # float32: within 1.3e-6 relative (a rounding step)
+        grad = torch.randn(eager.shape, generator=gen).to(dtype)
+        eager.backward(grad)
+        traced.backward(grad)
+        torch.testing.assert_close(eager_in.grad, compiled_in.grad)
+    with pytest.raises(AssertionError):  # the tolerance sees a wrong rotation
+        torch.testing.assert_close(apply_rotary_pairs(q, table), apply_rotary_pairs(q, table._replace(sin=-table.sin)))
+
+
 @given(r1=st.integers(0, 5), c1=st.integers(0, 5), dr=st.integers(-2, 2), dc=st.integers(-2, 2))
 @settings(max_examples=20, deadline=None)
 def test_axial_rope_scores_depend_on_relative_position(r1, c1, dr, dc):
