@@ -245,12 +245,9 @@ class JiT(JiTBase):
         tokens = self.x_embedder(x) + self.position_table(grid_h, grid_w)
         y_emb = self.y_embedder(y)
         c = self.t_embedder(t) + y_emb
-        rope_image = axial_rope_2d(self.head_dim, grid_h, grid_w, device=x.device)
-        rope_prefixed = (
-            axial_rope_2d(self.head_dim, grid_h, grid_w, prefix_len=self.in_context_len, device=x.device)
-            if self.uses_in_context
-            else rope_image
-        )
+        context_len = self.in_context_len if self.uses_in_context else 0
+        rope_prefixed = axial_rope_2d(self.head_dim, grid_h, grid_w, prefix_len=context_len, device=x.device)
+        rope_image = RotaryTable(rope_prefixed.cos[context_len:], rope_prefixed.sin[context_len:])  # views
 
         prefix = 0  # number of in-context tokens currently at the front of the sequence
         feature = None
