@@ -80,6 +80,16 @@ def test_truncation_warns_once_and_keeps_first_tokens():
     torch.testing.assert_close(long.embeddings, longer.embeddings)
 
 
+def test_truncation_warning_needs_a_prompt_longer_than_the_limit():
+    enc = build_tiny_qwen3(max_length=8)  # "a a a ..." is one token per word
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exact = enc(["a", " ".join(["a"] * 8)])  # a full row, nothing cut
+    assert exact.mask.sum(dim=1).tolist() == [1, 8]
+    with pytest.warns(UserWarning, match="A prompt of 9 tokens was truncated to the text encoder's limit of 8"):
+        enc(["a", " ".join(["a"] * 9)])
+
+
 def test_unconditional_cache_no_negative_prompt_leak():
     enc = build_tiny_qwen3()
     counter = CallCounter(enc)

@@ -160,9 +160,12 @@ class Qwen3TextConditioner(nn.Module):
     def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Raw tokenisation, right padding and truncation to ``max_length``; warns once on truncation."""
         prompts = check_prompts(prompts)
-        if not self._warned_truncation:
-            lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=True)["input_ids"]]
-            longest = max(lengths)
+        tokens = self.tokenizer(
+            prompts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        full = tokens["attention_mask"][:, -1].bool()  # only a row without padding may have been cut
+        if not self._warned_truncation and full.any():
+            longest = max(len(ids) for ids in self.tokenizer([p for p, f in zip(prompts, full) if f])["input_ids"])
             if longest > self.max_length:
                 self._warned_truncation = True
                 warnings.warn(
@@ -171,9 +174,7 @@ class Qwen3TextConditioner(nn.Module):
                     UserWarning,
                     stacklevel=3,
                 )
-        return self.tokenizer(
-            prompts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
+        return tokens
 
     @torch.no_grad()
     def forward(self, prompts: Sequence[str] | str) -> TextEncoding:
