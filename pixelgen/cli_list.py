@@ -6,7 +6,9 @@ HELP = "list registered parts (backbones, samplers, losses, encoders ...) and pl
 
 
 def add_arguments(p):
-    p.add_argument("kind", nargs="?", help="registry kind (backbone, sampler, loss, encoder, conditioner, dataset)")
+    from pixelgen.registry import registries
+
+    p.add_argument("kind", nargs="?", choices=registries.kinds(), help="registry kind (default: all)")
     p.add_argument("pattern", nargs="?", default="*", help="glob over names")
 
 

@@ -224,12 +224,12 @@ class Registries:
 
 registries = Registries()
 # The built-in module list of each registry is what gets imported the first time it is used.
-BACKBONES = registries.add(Registry("backbone", ("pixelgen.backbones",)))
-SAMPLERS = registries.add(Registry("sampler", ("pixelgen.samplers",)))
-LOSSES = registries.add(Registry("loss", ("pixelgen.losses",)))
-ENCODERS = registries.add(Registry("encoder", ("pixelgen.encoders",)))
-CONDITIONERS = registries.add(Registry("conditioner", ("pixelgen.conditioners",)))
-DATASETS = registries.add(Registry("dataset", ("pixelgen.data",)))
+registries.add(Registry("backbone", ("pixelgen.backbones",)))
+registries.add(Registry("sampler", ("pixelgen.samplers",)))
+registries.add(Registry("loss", ("pixelgen.losses",)))
+registries.add(Registry("encoder", ("pixelgen.encoders",)))
+registries.add(Registry("conditioner", ("pixelgen.conditioners",)))
+registries.add(Registry("dataset", ("pixelgen.data",)))
 
 
 def get_registry(kind: str) -> Registry:

@@ -83,3 +83,15 @@ def test_entry_point_plugins_load_and_broken_one_is_reported(tmp_path, caplog):
         assert "good" not in errs
         assert any("broken" in r.getMessage() for r in caplog.records)
     assert "test_good_sampler" not in registries.sampler._entries
+
+
+def test_list_command_prints_parts_and_refuses_unknown_kinds(capsys):
+    from pixelgen.cli import main
+
+    assert main(["list", "backbone", "pixelgen_*"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("backbone:\n") and "pixelgen_xl_16" in out and "jit_b_16" not in out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["list", "backbones"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'backbones'" in capsys.readouterr().err
