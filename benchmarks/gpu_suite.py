@@ -65,6 +65,7 @@ from pixelgen.losses import build_objective  # noqa: E402
 from pixelgen.nn import ATTENTION_BACKENDS, xformers_status  # noqa: E402
 from pixelgen.samplers import GraphedDenoiser, build_sampler, to_uint8  # noqa: E402
 from pixelgen.utils.flops import jit_flops, training_step_flops  # noqa: E402
+from pixelgen.utils.io import atomic_write  # noqa: E402
 
 SECTIONS = ("env", "correctness", "attention", "sample", "train")  # cheapest compile first: a budget cut hits training's last variant
 H100_BF16_PEAK_TFLOPS = 798.0  # 8192³ bf16 product on this workplace's H100 (device KINDS.md, 2026-11-13)
@@ -172,8 +173,9 @@ class Suite:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         self.report["elapsed_s"]["total"] = round(self.elapsed(), 2)
-        _atomic_write(self.out / "suite.json", json.dumps(self.report, indent=1, default=str))
-        _atomic_write(self.out / "suite.md", markdown(self.report))
+        for name, text in (("suite.json", json.dumps(self.report, indent=1, default=str)), ("suite.md", markdown(self.report))):
+            with atomic_write(self.out / name) as tmp:
+                tmp.write_text(text)
 
 
 def log(message: str) -> None:
@@ -184,12 +186,6 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _first_line(exc: BaseException) -> str:
