@@ -6,7 +6,11 @@
 Each model runs in its own fresh process, so the peak-memory figures do not mix. Memory is the process's
 resident set size (RSS) read from the OS: ``getrusage(RUSAGE_SELF).ru_maxrss`` for the peak and
 ``/proc/self/statm`` for the current value. "forward peak" is the highest RSS reached during the forward
-passes minus the RSS just before them (weights and the Python/torch runtime excluded). Prints a table.
+passes minus the RSS just before them (weights and the Python/torch runtime excluded).
+
+"kernels" and "written MiB" count, in one more untimed forward, the ATen operations that write memory (views
+excluded; a composite such as ``linear`` or ``rms_norm`` once, as dispatched) and the bytes they write: about
+what an eager GPU forward launches and writes, a figure that a shared CPU cannot blur. Prints a table.
 """
 
 from __future__ import annotations
@@ -30,6 +34,30 @@ def _rss_mib() -> float:
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _count_kernels(forward) -> tuple[int, float]:
+    """(ATen operations that write memory, MiB they write) during ``forward()``, counted as dispatched: a
+    composite such as ``linear`` or ``rms_norm`` counts once, as the one kernel it is on a GPU."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        kernels, written = 0, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            view = any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
+            outs = [o for o in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(o, torch.Tensor)]
+            # Views and operations that hand back an input (dropout in eval mode) write nothing.
+            if not view and not any(o is a for o in outs for a in args):
+                self.kernels += 1
+                self.written += sum(o.numel() * o.element_size() for o in outs)
+            return out
+
+    with Counter() as counter:
+        forward()
+    return counter.kernels, counter.written / 2**20
 
 
 def _measure(name: str, repeats: int, threads: int, queue) -> None:
@@ -56,10 +84,12 @@ def _measure(name: str, repeats: int, threads: int, queue) -> None:
             model(x, t, y)
             times.append(time.perf_counter() - start)
     peak = _peak_rss_mib()
+    with torch.inference_mode():
+        kernels, written = _count_kernels(lambda: model(x, t, y))
     queue.put(dict(
         name=name, size=size, params=sum(p.numel() for p in model.parameters()), build_s=build_s,
         median_s=statistics.median(times), min_s=min(times), rss_weights=rss_before,
-        forward_peak=max(0.0, peak - rss_before), peak=max(peak, peak_before),
+        forward_peak=max(0.0, peak - rss_before), peak=max(peak, peak_before), kernels=kernels, written=written,
     ))
 
 
@@ -81,12 +111,13 @@ def main() -> None:
         proc.join()
 
     header = f"{'model':16s} {'px':>4s} {'params':>9s} {'build s':>8s} {'fwd median s':>12s} {'fwd min s':>9s} " \
-             f"{'RSS weights MiB':>15s} {'fwd peak +MiB':>13s} {'peak RSS MiB':>12s}"
+             f"{'RSS weights MiB':>15s} {'fwd peak +MiB':>13s} {'peak RSS MiB':>12s} {'kernels':>7s} {'written MiB':>11s}"
     print(header)
     print("-" * len(header))
     for r in rows:
         print(f"{r['name']:16s} {r['size']:4d} {r['params'] / 1e6:8.2f}M {r['build_s']:8.2f} {r['median_s']:12.4f} "
-              f"{r['min_s']:9.4f} {r['rss_weights']:15.0f} {r['forward_peak']:13.0f} {r['peak']:12.0f}")
+              f"{r['min_s']:9.4f} {r['rss_weights']:15.0f} {r['forward_peak']:13.0f} {r['peak']:12.0f} "
+              f"{r['kernels']:7d} {r['written']:11.1f}")
 
 
 if __name__ == "__main__":
