@@ -61,8 +61,10 @@ def test_full_graph_compiled_training_step_matches_eager():
 def test_value_checks_still_run_in_eager_mode():
     model = _tiny_model()
     x, t, y = _inputs()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="t must lie in \\[0, 1\\]"):
         model(x, t + 2.0, y)
+    with pytest.raises(ValueError, match="y must be class indices in \\[0, 10\\]"):
+        model(x, t, torch.tensor([1, 11]))
 
 
 @pytest.mark.parametrize("backend", ["sdpa_flash", "sdpa_efficient", "sdpa_cudnn"])

@@ -240,8 +240,5 @@ def training_step_flops(
         per_image_dino = dinov2_flops(dinov2, image_size=side, base_patch_size=config["patch_size"], input_grad=True, dims=dims)
         parts["pdino"] = per_image_dino * pdino_samples
         parts["lpips"] = lpips_vgg_flops(image_size=side) * gated
-    total = Flops(0.0)
-    for part in parts.values():
-        total = total + part
-    parts["total"] = total
+    parts["total"] = sum(parts.values(), Flops(0.0))
     return parts
