@@ -340,3 +340,18 @@ def test_t2i_input_checks():
 def test_classes_are_exported():
     assert isinstance(build_model("jit", device="meta", **TINY_C2I), JiT)
     assert isinstance(build_model("jit_t2i", device="meta", **TINY_T2I), JiTT2I)
+
+
+def test_values_checked_by_caller_skips_only_the_value_checks():
+    from pixelgen.backbones import values_checked_by_caller
+
+    model = build_model("jit", **TINY_C2I).eval()
+    x, bad_t, y = torch.randn(2, 3, 16, 16), torch.tensor([0.5, 1.5]), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="t must lie in"):
+        model(x, bad_t, y)
+    with values_checked_by_caller():
+        model(x, bad_t, y)  # the caller vouches for t and y: no value check, no host sync
+        with pytest.raises(ValueError, match="channels"):
+            model(torch.randn(2, 4, 16, 16), bad_t, y)  # shape checks still run
+    with pytest.raises(ValueError, match="t must lie in"):
+        model(x, bad_t, y)

@@ -15,6 +15,7 @@ from torch import nn
 
 from pixelgen.registry import registries
 
+from .common import values_checked_by_caller
 from .jit import JIT_PRESETS, JiT, build_jit
 from .jit_t2i import JIT_T2I_PRESETS, JiTT2I, build_jit_t2i
 
@@ -28,6 +29,7 @@ __all__ = [
     "build_model",
     "list_models",
     "register_model",
+    "values_checked_by_caller",
 ]
 
 register_model = registries.backbone.register

@@ -3,6 +3,8 @@ any grid, loading a checkpoint whose sin-cos table was made for another grid, an
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import inspect
 import logging
@@ -15,7 +17,7 @@ from pixelgen.nn import check_backend, sincos_2d_table
 from pixelgen.registry import registries
 from pixelgen.utils.checks import check_image_batch, check_labels, check_tensor, check_timesteps
 
-__all__ = ["JiTBase", "modulate", "register_family", "unknown_arguments_message"]
+__all__ = ["JiTBase", "modulate", "register_family", "unknown_arguments_message", "values_checked_by_caller"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,22 @@ def register_family(
     for name, (description, config) in presets.items():
         registries.backbone.register(name, preset_of=arch, config=dict(config))(preset_builder(name, description, config))
     return build
+
+
+_VALUES_CHECKED = contextvars.ContextVar("pixelgen_backbone_values_checked", default=False)
+
+
+@contextlib.contextmanager
+def values_checked_by_caller():
+    """Within this block backbones skip their per-call value checks (t in [0, 1], labels in range: one host sync
+    per forward on a GPU). For callers that made or checked those values themselves: the sampler loop (t from its
+    grid, labels checked once) and the objective (t drawn by it, labels checked per batch). Shape checks still run.
+    """
+    token = _VALUES_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _VALUES_CHECKED.reset(token)
 
 
 def _recording_cuda_graph(t: torch.Tensor) -> bool:
@@ -145,7 +163,7 @@ class JiTBase(nn.Module):
 
     def _check_values(self, t: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         """t in [0, 1] and labels in [0, num_classes], with a single host sync; details only on failure."""
-        if torch.compiler.is_compiling() or _recording_cuda_graph(t):
+        if torch.compiler.is_compiling() or _VALUES_CHECKED.get() or _recording_cuda_graph(t):
             return
         bad = [~((t >= 0) & (t <= 1))]  # NaN fails both comparisons
         if labels is not None:

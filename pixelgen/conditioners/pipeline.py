@@ -22,7 +22,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from pixelgen.samplers.generate import sample_generator, to_uint8
+from pixelgen.backbones import values_checked_by_caller
+from pixelgen.samplers.generate import initial_noise, to_uint8
 
 from .qwen3 import Qwen3TextConditioner, TextEncoding, check_prompts
 
@@ -225,11 +226,11 @@ class TextToImagePipeline:
         for start in starts:
             batch_prompts = per_image[start : start + batch_size]
             batch_indices = indices[start : start + batch_size]
-            generators = [sample_generator(seed, i) for i in batch_indices]
-            noise = torch.stack([torch.randn(channels, h, w, generator=g) for g in generators]).to(self.device)
+            noise, generators = initial_noise(seed, batch_indices, (channels, h, w))
+            noise = noise.to(self.device)
             cond = self._condition(self.conditioner(batch_prompts))
             uncond = self._condition(self.conditioner.unconditional(len(batch_prompts), negative_prompt))
-            with autocast:
+            with autocast, values_checked_by_caller():  # grid times: no host sync per network call
                 out = run(denoise, noise, cond, uncond, generator=generators, return_trajectory=return_trajectory)
             if return_trajectory:
                 x, path = out

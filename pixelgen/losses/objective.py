@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..backbones.common import values_checked_by_caller
 from ..encoders import build_encoder
 from ..encoders.base import at_least_float32, check_pixel_ranges
 from ..registry import registries
@@ -235,13 +236,14 @@ class Objective(nn.Module):
         check_pixel_ranges([(image, "The training image", (-1.0, 1.0)), (raw, "The raw training image", (0.0, 1.0))])
         x_t = _interpolate(image, noise, t)
         feature = None
+        with values_checked_by_caller():  # t is valid here and class labels were checked: no second host sync
+            out = model(x_t, t, cond, return_layer=self.align_layer) if self.needs_feature else model(x_t, t, cond)
         if self.needs_feature:
-            out = model(x_t, t, cond, return_layer=self.align_layer)
             if not (isinstance(out, tuple) and len(out) == 2):
                 raise TypeError(f"With return_layer the model must return (x_hat, feature), got {type(out).__name__}.")
             x_hat, feature = out
         else:
-            x_hat = model(x_t, t, cond)
+            x_hat = out
         check_same_shape(x_hat, image, "The model's prediction x_hat", "the clean image x")
         gate = None if self.percept_t_threshold is None else t >= self.percept_t_threshold
         ctx = LossContext(x=image, raw=raw, x_t=x_t, t=t, x_hat=x_hat, feature=feature, gate=gate, encoders=self.encoders)

@@ -9,11 +9,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..backbones.common import values_checked_by_caller
 from ..utils.checks import check_labels, check_tensor
 from .base import Sampler
 from .graphs import GraphedDenoiser
 
-__all__ = ["generate", "sample_generator", "to_uint8"]
+__all__ = ["generate", "initial_noise", "sample_generator", "to_uint8"]
 
 
 def sample_generator(seed: int, index: int) -> torch.Generator:
@@ -21,6 +22,13 @@ def sample_generator(seed: int, index: int) -> torch.Generator:
     batch it lands in or on how many processes share the work."""
     state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def initial_noise(seed: int, indices: Sequence[int], shape: Sequence[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """The starting noise of samples ``indices`` (stacked, on the CPU) and their generators, which stochastic
+    samplers continue: sample i's noise depends on (seed, i) alone."""
+    generators = [sample_generator(seed, i) for i in indices]
+    return torch.stack([torch.randn(*shape, generator=g) for g in generators]), generators
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -130,13 +138,13 @@ def generate(
         with tqdm(total=cond.shape[0], unit="img", desc="sampling", disable=not progress) as bar:
             for first in range(0, cond.shape[0], batch_size):
                 rows = range(first, min(first + batch_size, cond.shape[0]))
-                generators = [sample_generator(seed, start_index + i) for i in rows]
-                noise = torch.stack([torch.randn(channels, size, size, generator=g) for g in generators]).to(device)
+                noise, generators = initial_noise(seed, [start_index + i for i in rows], (channels, size, size))
+                noise = noise.to(device)
                 batch_cond = cond[first : first + len(rows)].to(device)
                 batch_uncond = None
                 if uncond_cond is not None:  # one row (the sampler broadcasts it) or one per sample
                     batch_uncond = (uncond_cond if uncond_cond.shape[0] == 1 else uncond_cond[first : first + len(rows)]).to(device)
-                with autocast:
+                with autocast, values_checked_by_caller():  # grid times, labels checked above: no sync per call
                     x = sampler(denoiser, noise, batch_cond, batch_uncond, generator=generators)
                 images.append(to_uint8(x).cpu())
                 bar.update(len(rows))
