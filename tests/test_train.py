@@ -205,6 +205,19 @@ def test_a_tiny_model_overfits_one_batch_with_the_full_objective(tmp_path):
     assert rows[-1]["flow_matching"] < rows[0]["flow_matching"] / 5
 
 
+def test_the_objective_the_trainer_builds_has_its_nan_named_by_the_trainer(tmp_path):
+    """The trainer builds its objective without the objective's own finiteness sync; a NaN term is still named."""
+    cfg = small_config(tmp_path, "max_steps=1", "objective.preset=jit_repa")
+    cfg.objective.overrides = {"align_layer": 1, "encoders": tiny_encoders()}
+    trainer = Trainer(cfg, model=tiny_jit(), dataset=RandomImages(), progress=False)
+    assert trainer.objective.check_finite is False
+    term = trainer.objective.terms["repa"]
+    term.forward = lambda *a, **k: torch.tensor(float("nan"))
+    applied, values, problem = trainer.optimizer_step(trainer.batches())
+    trainer.close()
+    assert not applied and "repa" in problem and "flow_matching" not in problem
+
+
 # -- resume exactness --------------------------------------------------------------------------------------
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     # 12 samples in batches of 4: 8 steps cross two epoch boundaries, and the stop falls mid-epoch.

@@ -585,6 +585,9 @@ def _build_objective(config: TrainConfig, model: nn.Module) -> nn.Module:
 
     overrides = dict(config.objective.overrides)
     overrides.setdefault("hidden_size", getattr(model, "hidden_size", None))  # the REPA projector's input width
+    # _micro_step reads every term once (one host sync) and names the non-finite ones: the objective's own
+    # finiteness check would be a second sync per micro-batch.
+    overrides.setdefault("check_finite", False)
     return build_objective(preset=config.objective.preset, **overrides)
 
 
