@@ -193,18 +193,24 @@ class DINOv2Encoder(FrozenEncoder):
         if check_range:
             check_pixel_range(images01, "The DINOv2 input", (0.0, 1.0))
         wanted = self.layers if layers is None else self._check_layers(layers)
+        outputs = [tokens[:, 1:] for tokens in self.normed_tokens(self.preprocess(images01), wanted)]
+        feats = outputs[0] if len(outputs) == 1 else torch.stack(outputs).mean(0)
+        return at_least_float32(feats)
+
+    def normed_tokens(self, pixels: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
+        """For an already preprocessed ViT input, the final-norm token sequences (B, 1 + N, D), CLS first, after
+        each block in ``layers`` (sorted block indices)."""
         net = self.backbone
-        tokens = net.patch_embed(self.preprocess(images01))  # (B, h, w, D) with dynamic_img_size
+        tokens = net.patch_embed(pixels)  # (B, h, w, D) with dynamic_img_size
         b, gh, gw, d = tokens.shape
         tokens = torch.cat([net.cls_token.expand(b, -1, -1), tokens.reshape(b, gh * gw, d)], dim=1)
         tokens = net.norm_pre(tokens + self._pos_embed(gh, gw))
         outputs = []
-        for i, block in enumerate(net.blocks[: max(wanted) + 1]):
+        for i, block in enumerate(net.blocks[: max(layers) + 1]):
             tokens = block(tokens)
-            if i in wanted:
-                outputs.append(net.norm(tokens)[:, 1:])
-        feats = outputs[0] if len(outputs) == 1 else torch.stack(outputs).mean(0)
-        return at_least_float32(feats)
+            if i in layers:
+                outputs.append(net.norm(tokens))
+        return outputs
 
     def extra_repr(self) -> str:
         return f"name={self.name}, layers={list(self.layers)}, base_patch_size={self.base_patch_size}"

@@ -46,14 +46,8 @@ class DinoV2Features(nn.Module):
         x = images.to(enc.mean.device).float() / 255.0
         x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic", antialias=True, align_corners=False).clamp_(0.0, 1.0)
         x = ((x - enc.mean) / enc.std).to(enc.dtype)
-        net = enc.backbone
-        tokens = net.patch_embed(x)  # (B, h, w, D): the encoder builds timm's ViT with dynamic image sizes
-        b, gh, gw, d = tokens.shape
-        tokens = torch.cat([net.cls_token.expand(b, -1, -1), tokens.reshape(b, gh * gw, d)], dim=1)
-        tokens = net.norm_pre(tokens + enc._pos_embed(gh, gw))
-        for block in net.blocks:
-            tokens = block(tokens)
-        return {"dinov2": net.norm(tokens)[:, 0].float()}
+        (tokens,) = enc.normed_tokens(x, [len(enc.backbone.blocks) - 1])
+        return {"dinov2": tokens[:, 0].float()}
 
 
 def build_dinov2_features(
