@@ -22,8 +22,17 @@ import resource
 import statistics
 import time
 
-TINY = dict(input_size=32, patch_size=8, hidden_size=64, depth=4, num_heads=4, num_classes=10, bottleneck_dim=16,
-            in_context_len=4, in_context_start=1)
+TINY = dict(
+    input_size=32,
+    patch_size=8,
+    hidden_size=64,
+    depth=4,
+    num_heads=4,
+    num_classes=10,
+    bottleneck_dim=16,
+    in_context_len=4,
+    in_context_start=1,
+)
 
 
 def _rss_mib() -> float:
@@ -86,16 +95,28 @@ def _measure(name: str, repeats: int, threads: int, queue) -> None:
     peak = _peak_rss_mib()
     with torch.inference_mode():
         kernels, written = _count_kernels(lambda: model(x, t, y))
-    queue.put(dict(
-        name=name, size=size, params=sum(p.numel() for p in model.parameters()), build_s=build_s,
-        median_s=statistics.median(times), min_s=min(times), rss_weights=rss_before,
-        forward_peak=max(0.0, peak - rss_before), peak=max(peak, peak_before), kernels=kernels, written=written,
-    ))
+    queue.put(
+        dict(
+            name=name,
+            size=size,
+            params=sum(p.numel() for p in model.parameters()),
+            build_s=build_s,
+            median_s=statistics.median(times),
+            min_s=min(times),
+            rss_weights=rss_before,
+            forward_peak=max(0.0, peak - rss_before),
+            peak=max(peak, peak_before),
+            kernels=kernels,
+            written=written,
+        )
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["tiny", "pixelgen_xl_16"], help="'tiny' or registered backbone names")
+    parser.add_argument(
+        "--models", nargs="+", default=["tiny", "pixelgen_xl_16"], help="'tiny' or registered backbone names"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed forward passes after one warm-up")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
     args = parser.parse_args()
@@ -110,14 +131,18 @@ def main() -> None:
         rows.append(queue.get())
         proc.join()
 
-    header = f"{'model':16s} {'px':>4s} {'params':>9s} {'build s':>8s} {'fwd median s':>12s} {'fwd min s':>9s} " \
-             f"{'RSS weights MiB':>15s} {'fwd peak +MiB':>13s} {'peak RSS MiB':>12s} {'kernels':>7s} {'written MiB':>11s}"
+    header = (
+        f"{'model':16s} {'px':>4s} {'params':>9s} {'build s':>8s} {'fwd median s':>12s} {'fwd min s':>9s} "
+        f"{'RSS weights MiB':>15s} {'fwd peak +MiB':>13s} {'peak RSS MiB':>12s} {'kernels':>7s} {'written MiB':>11s}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['name']:16s} {r['size']:4d} {r['params'] / 1e6:8.2f}M {r['build_s']:8.2f} {r['median_s']:12.4f} "
-              f"{r['min_s']:9.4f} {r['rss_weights']:15.0f} {r['forward_peak']:13.0f} {r['peak']:12.0f} "
-              f"{r['kernels']:7d} {r['written']:11.1f}")
+        print(
+            f"{r['name']:16s} {r['size']:4d} {r['params'] / 1e6:8.2f}M {r['build_s']:8.2f} {r['median_s']:12.4f} "
+            f"{r['min_s']:9.4f} {r['rss_weights']:15.0f} {r['forward_peak']:13.0f} {r['peak']:12.0f} "
+            f"{r['kernels']:7d} {r['written']:11.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -50,9 +50,10 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -67,7 +68,13 @@ from pixelgen.samplers import GraphedDenoiser, build_sampler, to_uint8  # noqa: 
 from pixelgen.utils.flops import jit_flops, training_step_flops  # noqa: E402
 from pixelgen.utils.io import atomic_write  # noqa: E402
 
-SECTIONS = ("env", "correctness", "attention", "sample", "train")  # cheapest compile first: a budget cut hits training's last variant
+SECTIONS = (
+    "env",
+    "correctness",
+    "attention",
+    "sample",
+    "train",
+)  # cheapest compile first: a budget cut hits training's last variant
 H100_BF16_PEAK_TFLOPS = 798.0  # 8192³ bf16 product on this workplace's H100 (device KINDS.md, 2026-11-13)
 
 # The original code on one H100 80GB HBM3 (issue 8): torch 2.11, bf16 autocast, torch.compile as it ships.
@@ -104,14 +111,32 @@ class Sizes:
     matmul_side: int = 8192
 
 
-FULL = Sizes("pixelgen_xl_16", {}, None, train_batch=32, sample_batch=64, check_batch=4, attention_shape=(32, 16, 288, 72))
+FULL = Sizes(
+    "pixelgen_xl_16", {}, None, train_batch=32, sample_batch=64, check_batch=4, attention_shape=(32, 16, 288, 72)
+)
 TINY = Sizes(
     "jit",
-    dict(input_size=32, patch_size=16, hidden_size=64, depth=2, num_heads=2, num_classes=10, bottleneck_dim=8,
-         in_context_len=2, in_context_start=1, proj_drop=0.1),
+    dict(
+        input_size=32,
+        patch_size=16,
+        hidden_size=64,
+        depth=2,
+        num_heads=2,
+        num_classes=10,
+        bottleneck_dim=8,
+        in_context_len=2,
+        in_context_start=1,
+        proj_drop=0.1,
+    ),
     dict(embed_dim=24, depth=2, num_heads=2, init_values=1.0, img_size=98),
-    train_batch=4, sample_batch=2, check_batch=2, attention_shape=(2, 2, 8, 32), lpips_net="squeeze", align_layer=1,
-    sample_steps=3, matmul_side=256,
+    train_batch=4,
+    sample_batch=2,
+    check_batch=2,
+    attention_shape=(2, 2, 8, 32),
+    lpips_net="squeeze",
+    align_layer=1,
+    sample_steps=3,
+    matmul_side=256,
 )
 """Tiny: a 2-block JiT, a 2-block DINOv2, LPIPS on the small SqueezeNet trunk (fast to build on a CPU; the FLOP
 count covers the VGG trunk only, so the tiny full-objective rows carry no FLOPs)."""
@@ -173,7 +198,10 @@ class Suite:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         self.report["elapsed_s"]["total"] = round(self.elapsed(), 2)
-        for name, text in (("suite.json", json.dumps(self.report, indent=1, default=str)), ("suite.md", markdown(self.report))):
+        for name, text in (
+            ("suite.json", json.dumps(self.report, indent=1, default=str)),
+            ("suite.md", markdown(self.report)),
+        ):
             with atomic_write(self.out / name) as tmp:
                 tmp.write_text(text)
 
@@ -271,7 +299,9 @@ def build_backbone(suite: Suite, seed: int = 0) -> nn.Module:
     """The backbone on the device, with its zero-initialised layers re-drawn so that x̂ depends on the input."""
     torch.manual_seed(seed)
     with torch.device(suite.device):
-        model = build_model(suite.sizes.model, **suite.sizes.model_overrides, attention_backend=suite.args.attention_backend)
+        model = build_model(
+            suite.sizes.model, **suite.sizes.model_overrides, attention_backend=suite.args.attention_backend
+        )
     with torch.no_grad():
         for block in model.blocks:
             nn.init.normal_(block.adaLN_modulation[-1].weight, std=PERTURB_STD)
@@ -288,7 +318,9 @@ def build_frozen(suite: Suite, *, fast: bool = False, like: dict[str, nn.Module]
     dino_options = {"model_overrides": sizes.dinov2_overrides} if sizes.dinov2_overrides else {}
     encoders = {
         "dinov2": build_encoder(sizes.dinov2, "random", dtype=dtype, device=suite.device, **dino_options),
-        "lpips": build_encoder("lpips", "random", net=sizes.lpips_net, dtype=dtype, device=suite.device, channels_last=fast),
+        "lpips": build_encoder(
+            "lpips", "random", net=sizes.lpips_net, dtype=dtype, device=suite.device, channels_last=fast
+        ),
     }
     if like is not None:
         for role, encoder in encoders.items():
@@ -296,9 +328,13 @@ def build_frozen(suite: Suite, *, fast: bool = False, like: dict[str, nn.Module]
     return encoders
 
 
-def build_train_objective(suite: Suite, model: nn.Module, encoders: dict[str, nn.Module], perceptual: bool) -> nn.Module:
+def build_train_objective(
+    suite: Suite, model: nn.Module, encoders: dict[str, nn.Module], perceptual: bool
+) -> nn.Module:
     preset = "pixelgen" if perceptual else "jit_repa"
-    return build_objective(preset, hidden_size=model.hidden_size, align_layer=suite.sizes.align_layer, encoders=encoders).to(suite.device)
+    return build_objective(
+        preset, hidden_size=model.hidden_size, align_layer=suite.sizes.align_layer, encoders=encoders
+    ).to(suite.device)
 
 
 def random_batch(suite: Suite, model: nn.Module, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -335,9 +371,15 @@ def section_env(suite: Suite) -> None:
     }
     if suite.cuda:
         props = torch.cuda.get_device_properties(suite.device)
-        env.update(gpu=props.name, capability=f"{props.major}.{props.minor}", multiprocessors=props.multi_processor_count,
-                   memory_gib=round(props.total_memory / 2**30, 2))
-        env["nvidia_smi"] = _run_text(["nvidia-smi", "--query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit", "--format=csv"])
+        env.update(
+            gpu=props.name,
+            capability=f"{props.major}.{props.minor}",
+            multiprocessors=props.multi_processor_count,
+            memory_gib=round(props.total_memory / 2**30, 2),
+        )
+        env["nvidia_smi"] = _run_text(
+            ["nvidia-smi", "--query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit", "--format=csv"]
+        )
     for name in ("triton", "timm", "lpips", "xformers"):
         try:
             env[f"{name}_version"] = getattr(importlib.import_module(name), "__version__", "?")
@@ -364,8 +406,12 @@ def _run_text(cmd: list[str], env: dict[str, str] | None = None, timeout: float 
 def _sdpa_backends() -> dict[str, Any]:
     from torch.nn.attention import SDPBackend
 
-    return {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-            "cudnn": SDPBackend.CUDNN_ATTENTION}
+    return {
+        "math": SDPBackend.MATH,
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+    }
 
 
 def _attention_inputs(suite: Suite, shape: tuple[int, ...], dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
@@ -495,7 +541,9 @@ def check_loss_terms(suite: Suite, model: nn.Module, frozen: dict[str, nn.Module
     b = suite.sizes.check_batch
     batch = random_batch(suite, model, b, seed=3)
     t = torch.linspace(0.15, 0.9, b, device=suite.device)  # samples on both sides of the 0.3 gate
-    noise = torch.randn(batch["image"].shape, generator=torch.Generator(device=suite.device).manual_seed(4), device=suite.device)
+    noise = torch.randn(
+        batch["image"].shape, generator=torch.Generator(device=suite.device).manual_seed(4), device=suite.device
+    )
     objective = build_train_objective(suite, model, frozen, perceptual=True)
     fast_frozen = build_frozen(suite, fast=True, like=frozen)
     fast_objective = build_train_objective(suite, model, fast_frozen, perceptual=True)
@@ -513,7 +561,9 @@ def check_loss_terms(suite: Suite, model: nn.Module, frozen: dict[str, nn.Module
         values = terms(obj, bf16=True)
         rel = {k: abs(values[k] - reference[k]) / max(abs(reference[k]), 1e-6) for k in reference}
         report[label] = {"values": values, "rel_err": rel, "ok": all(r < TOLERANCE["loss_terms"] for r in rel.values())}
-        log(f"  loss terms, {label} vs float32: max rel err {max(rel.values()):.2e} ({'ok' if report[label]['ok'] else 'OUT OF TOLERANCE'})")
+        log(
+            f"  loss terms, {label} vs float32: max rel err {max(rel.values()):.2e} ({'ok' if report[label]['ok'] else 'OUT OF TOLERANCE'})"
+        )
     return report
 
 
@@ -538,9 +588,15 @@ def check_sampler(suite: Suite, model: nn.Module) -> dict[str, Any]:
                 low = sampler(model, noise, labels, null)
         rel = _rel(low, reference)
         levels = (to_uint8(low).int() - to_uint8(reference).int()).abs()
-        report[setting] = {"rel_err": rel, "max_uint8_diff": int(levels.max()), "share_uint8_diff_gt_2": float((levels > 2).float().mean()),
-                           "ok": rel < TOLERANCE["sampler_images"]}
-        log(f"  sampler {setting}, bf16 vs float32: rel err {rel:.2e}, max |Δ| {int(levels.max())}/255 ({'ok' if report[setting]['ok'] else 'OUT OF TOLERANCE'})")
+        report[setting] = {
+            "rel_err": rel,
+            "max_uint8_diff": int(levels.max()),
+            "share_uint8_diff_gt_2": float((levels > 2).float().mean()),
+            "ok": rel < TOLERANCE["sampler_images"],
+        }
+        log(
+            f"  sampler {setting}, bf16 vs float32: rel err {rel:.2e}, max |Δ| {int(levels.max())}/255 ({'ok' if report[setting]['ok'] else 'OUT OF TOLERANCE'})"
+        )
     return report
 
 
@@ -558,6 +614,7 @@ def check_attention(suite: Suite) -> dict[str, Any]:
 
     candidates: dict[str, Callable[[], torch.Tensor]] = {}
     for name, kernel in _sdpa_backends().items():
+
         def run(kernel=kernel) -> torch.Tensor:
             with sdpa_kernel([kernel]):
                 return torch.nn.functional.scaled_dot_product_attention(q, k, v)
@@ -573,7 +630,9 @@ def check_attention(suite: Suite) -> dict[str, Any]:
             rel_grad = max(_rel(g, r) for g, r in zip(grads, ref_grads))
             ok = max(rel_out, rel_grad) < TOLERANCE["attention"]
             report[name] = {"rel_err_out": rel_out, "rel_err_grad": rel_grad, "ok": ok}
-            log(f"  attention {name}: rel err out {rel_out:.2e}, grads {rel_grad:.2e} ({'ok' if ok else 'OUT OF TOLERANCE'})")
+            log(
+                f"  attention {name}: rel err out {rel_out:.2e}, grads {rel_grad:.2e} ({'ok' if ok else 'OUT OF TOLERANCE'})"
+            )
         except Exception as exc:
             report[name] = {"unavailable": _first_line(exc)}
     return report
@@ -588,6 +647,7 @@ def section_attention(suite: Suite) -> None:
     forward_flops = 2 * 2 * b * heads * tokens * tokens * head_dim  # q·kᵀ and p·v
     runs: dict[str, Callable[[], torch.Tensor]] = {}
     for name, kernel in _sdpa_backends().items():
+
         def run(kernel=kernel) -> torch.Tensor:
             with sdpa_kernel([kernel]):
                 return torch.nn.functional.scaled_dot_product_attention(q, k, v)
@@ -604,8 +664,18 @@ def section_attention(suite: Suite) -> None:
             continue
         tflops, mfu = suite.mfu(forward_flops, fwd_ms / 1e3)
         both_tflops, both_mfu = suite.mfu(3 * forward_flops, both_ms / 1e3)
-        suite.add_result("attention", f"attention {name}", shape=[b, heads, tokens, head_dim], ms=fwd_ms, tflops=tflops, mfu=mfu,
-                         fwd_bwd_ms=both_ms, fwd_bwd_tflops=both_tflops, fwd_bwd_mfu=both_mfu, flops=forward_flops)
+        suite.add_result(
+            "attention",
+            f"attention {name}",
+            shape=[b, heads, tokens, head_dim],
+            ms=fwd_ms,
+            tflops=tflops,
+            mfu=mfu,
+            fwd_bwd_ms=both_ms,
+            fwd_bwd_tflops=both_tflops,
+            fwd_bwd_mfu=both_mfu,
+            flops=forward_flops,
+        )
     _free()
 
 
@@ -635,7 +705,9 @@ def section_train(suite: Suite) -> None:
             ("train_full", f"train full, frozen bf16 + LPIPS NHWC ({mode})", True, fast_frozen),
         ]
         if compiled and suite.args.compile_encoders:
-            variants.append(("train_full", f"train full, frozen bf16 + NHWC, encoders compiled ({mode})", True, "compile"))
+            variants.append(
+                ("train_full", f"train full, frozen bf16 + NHWC, encoders compiled ({mode})", True, "compile")
+            )
         for kind, name, perceptual, encoders in variants:
             if not suite.within_budget(name):
                 continue
@@ -656,12 +728,23 @@ def section_train(suite: Suite) -> None:
     _free(compiled_code=True)
 
 
-def time_train_variant(suite: Suite, kind: str, name: str, model: nn.Module, ema: Any, encoders: dict[str, nn.Module],
-                       perceptual: bool, compiled: bool, profile_as: str | None = None) -> None:
+def time_train_variant(
+    suite: Suite,
+    kind: str,
+    name: str,
+    model: nn.Module,
+    ema: Any,
+    encoders: dict[str, nn.Module],
+    perceptual: bool,
+    compiled: bool,
+    profile_as: str | None = None,
+) -> None:
     batch_size = suite.sizes.train_batch
     objective = build_train_objective(suite, model, encoders, perceptual)
     params = [p for p in model.parameters() if p.requires_grad] + [p for p in objective.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=True if suite.cuda else None)
+    optimizer = torch.optim.AdamW(
+        params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=True if suite.cuda else None
+    )
     batch = random_batch(suite, model, batch_size, seed=11)
     generator = torch.Generator(device=suite.device).manual_seed(12)
     counter = itertools.count()
@@ -692,12 +775,22 @@ def time_train_variant(suite: Suite, kind: str, name: str, model: nn.Module, ema
             step()
         suite.sync()
         halves.append((time.perf_counter() - t0) / max(half, 1))
-    seconds = sum(h * n for h, n in zip(halves, (suite.args.steps // 2, suite.args.steps - suite.args.steps // 2))) / suite.args.steps
+    seconds = (
+        sum(h * n for h, n in zip(halves, (suite.args.steps // 2, suite.args.steps - suite.args.steps // 2)))
+        / suite.args.steps
+    )
     flops = step_flops(suite, model, batch_size, perceptual)
     tflops, mfu = suite.mfu(flops, seconds)
     fields: dict[str, Any] = dict(
-        ms=seconds * 1e3, ms_halves=[h * 1e3 for h in halves], images_per_s=batch_size / seconds, batch=batch_size,
-        flops_per_image=None if flops is None else flops / batch_size, tflops=tflops, mfu=mfu, warmup_s=warmup_s, compiled=compiled,
+        ms=seconds * 1e3,
+        ms_halves=[h * 1e3 for h in halves],
+        images_per_s=batch_size / seconds,
+        batch=batch_size,
+        flops_per_image=None if flops is None else flops / batch_size,
+        tflops=tflops,
+        mfu=mfu,
+        warmup_s=warmup_s,
+        compiled=compiled,
         first_step_values=first_values,
     )
     if suite.cuda:
@@ -724,7 +817,10 @@ def section_sample(suite: Suite) -> None:
     model = build_backbone(suite).eval()
     noise, labels, null = _sampling_inputs(suite, model, suite.sizes.sample_batch)
     per_row = jit_flops(model.config).forward
-    variants: list[tuple[str, Callable[[], Callable]]] = [("eager", lambda: model), ("cuda graphs", lambda: GraphedDenoiser(model))]
+    variants: list[tuple[str, Callable[[], Callable]]] = [
+        ("eager", lambda: model),
+        ("cuda graphs", lambda: GraphedDenoiser(model)),
+    ]
     compiled_model: list[Any] = []  # built on first use, shared by the two compiled variants
     if True in compile_modes(suite):
 
@@ -756,8 +852,16 @@ def section_sample(suite: Suite) -> None:
     _free(compiled_code=True)
 
 
-def time_sample_variant(suite: Suite, name: str, denoiser: Callable, setting: str, sampler: Any, inputs: tuple[torch.Tensor, ...],
-                        per_row: float, eager_images: dict[str, torch.Tensor]) -> None:
+def time_sample_variant(
+    suite: Suite,
+    name: str,
+    denoiser: Callable,
+    setting: str,
+    sampler: Any,
+    inputs: tuple[torch.Tensor, ...],
+    per_row: float,
+    eager_images: dict[str, torch.Tensor],
+) -> None:
     noise, labels, null = inputs
     batch = noise.shape[0]
     with torch.inference_mode(), suite.autocast():
@@ -782,8 +886,16 @@ def time_sample_variant(suite: Suite, name: str, denoiser: Callable, setting: st
     tflops, mfu = suite.mfu(flops, seconds)
     reference = eager_images.setdefault(setting, images.float().clone())
     fields: dict[str, Any] = dict(
-        ms=seconds * 1e3, images_per_s=batch / seconds, batch=batch, nfe=sampler.last_stats["nfe"], rows_per_image=rows / batch,
-        flops_per_image=flops / batch, tflops=tflops, mfu=mfu, warmup_s=warmup_s, times_s=times,
+        ms=seconds * 1e3,
+        images_per_s=batch / seconds,
+        batch=batch,
+        nfe=sampler.last_stats["nfe"],
+        rows_per_image=rows / batch,
+        flops_per_image=flops / batch,
+        tflops=tflops,
+        mfu=mfu,
+        warmup_s=warmup_s,
+        times_s=times,
         rel_err_vs_eager=_rel(images, reference),
     )
     fields["ok_vs_eager"] = fields["rel_err_vs_eager"] < TOLERANCE["compiled_images"]
@@ -824,11 +936,17 @@ def markdown(report: dict[str, Any]) -> str:
         mfu = row.get("mfu")
         lines.append(
             "| {name} | {ms} | {ips} | {peak} | {tf} | {mfu} | {orig} | {speed} | {target} |".format(
-                name=row["name"], ms=_cell(row.get("ms"), "{:.1f}"), ips=_cell(row.get("images_per_s"), "{:.1f}"),
-                peak=_cell(row.get("peak_gib"), "{:.1f}"), tf=_cell(row.get("tflops"), "{:.3g}"),
-                mfu=_cell(None if mfu is None else 100 * mfu, "{:.1f}%"), orig=_cell(original, "{:.1f}"),
+                name=row["name"],
+                ms=_cell(row.get("ms"), "{:.1f}"),
+                ips=_cell(row.get("images_per_s"), "{:.1f}"),
+                peak=_cell(row.get("peak_gib"), "{:.1f}"),
+                tf=_cell(row.get("tflops"), "{:.3g}"),
+                mfu=_cell(None if mfu is None else 100 * mfu, "{:.1f}%"),
+                orig=_cell(original, "{:.1f}"),
                 speed=_cell(row.get("speedup"), "{:.2f}×"),
-                target="" if row.get("meets_target") is None else ("met" if row["meets_target"] else f"missed ({row['target_images_per_s']:g})"),
+                target=""
+                if row.get("meets_target") is None
+                else ("met" if row["meets_target"] else f"missed ({row['target_images_per_s']:g})"),
             )
         )
     correctness = report.get("correctness")
@@ -838,11 +956,20 @@ def markdown(report: dict[str, Any]) -> str:
         for label in ("bf16", "bf16_frozen_bf16_nhwc"):
             if label in terms:
                 rel = terms[label]["rel_err"]
-                lines.append(f"- loss terms {label} vs float32: " + ", ".join(f"{k} {v:.1e}" for k, v in rel.items()) + f" — {'ok' if terms[label]['ok'] else 'OUT'}")
+                lines.append(
+                    f"- loss terms {label} vs float32: "
+                    + ", ".join(f"{k} {v:.1e}" for k, v in rel.items())
+                    + f" — {'ok' if terms[label]['ok'] else 'OUT'}"
+                )
         for setting, item in correctness.get("sampler", {}).items():
-            lines.append(f"- sampler {setting} bf16 vs float32: {item['rel_err']:.1e}, max {item['max_uint8_diff']}/255 — {'ok' if item['ok'] else 'OUT'}")
+            lines.append(
+                f"- sampler {setting} bf16 vs float32: {item['rel_err']:.1e}, max {item['max_uint8_diff']}/255 — {'ok' if item['ok'] else 'OUT'}"
+            )
         for name, item in correctness.get("attention", {}).items():
-            text = item.get("unavailable") or f"out {item['rel_err_out']:.1e}, grads {item['rel_err_grad']:.1e} — {'ok' if item['ok'] else 'OUT'}"
+            text = (
+                item.get("unavailable")
+                or f"out {item['rel_err_out']:.1e}, grads {item['rel_err_grad']:.1e} — {'ok' if item['ok'] else 'OUT'}"
+            )
             lines.append(f"- attention {name}: {text}")
     if report["skipped"]:
         lines += ["", "## Skipped", ""] + [f"- {s}" for s in report["skipped"]]
@@ -863,29 +990,53 @@ def print_table(report: dict[str, Any]) -> None:
             continue
         original = (row.get("original") or {}).get("images_per_s")
         mfu = row.get("mfu")
-        log(f"{row['name'][:62]:62s} {_cell(row.get('ms'), '{:9.1f}'):>9s} {_cell(row.get('images_per_s'), '{:8.1f}'):>8s} "
+        log(
+            f"{row['name'][:62]:62s} {_cell(row.get('ms'), '{:9.1f}'):>9s} {_cell(row.get('images_per_s'), '{:8.1f}'):>8s} "
             f"{_cell(row.get('peak_gib'), '{:6.1f}'):>6s} {_cell(row.get('tflops'), '{:8.3g}'):>8s} "
-            f"{_cell(None if mfu is None else 100 * mfu, '{:5.1f}%'):>6s} {_cell(original, '{:6.1f}'):>6s} {_cell(row.get('speedup'), '{:5.2f}×'):>6s}")
+            f"{_cell(None if mfu is None else 100 * mfu, '{:5.1f}%'):>6s} {_cell(original, '{:6.1f}'):>6s} {_cell(row.get('speedup'), '{:5.2f}×'):>6s}"
+        )
 
 
 # -- main -----------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=os.environ.get("OUT") or None, help="folder for suite.json / suite.md (default $OUT)")
+    p.add_argument(
+        "--out", default=os.environ.get("OUT") or None, help="folder for suite.json / suite.md (default $OUT)"
+    )
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--tiny", action="store_true", help="tiny sizes (automatic without CUDA)")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--compile", choices=("off", "on", "both"), default=None, help="torch.compile variants (default: both on CUDA, off elsewhere)")
+    p.add_argument(
+        "--compile",
+        choices=("off", "on", "both"),
+        default=None,
+        help="torch.compile variants (default: both on CUDA, off elsewhere)",
+    )
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (tests use 'eager')")
-    p.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS, help="the backbone's attention_backend")
-    p.add_argument("--no-compile-encoders", dest="compile_encoders", action="store_false", help="skip the variant with compiled frozen networks")
-    p.add_argument("--sample-variants", default="", help="subset of eager,cudagraphs,compiled,compiled+cudagraphs (default: all that --compile allows)")
+    p.add_argument(
+        "--attention-backend", default="auto", choices=ATTENTION_BACKENDS, help="the backbone's attention_backend"
+    )
+    p.add_argument(
+        "--no-compile-encoders",
+        dest="compile_encoders",
+        action="store_false",
+        help="skip the variant with compiled frozen networks",
+    )
+    p.add_argument(
+        "--sample-variants",
+        default="",
+        help="subset of eager,cudagraphs,compiled,compiled+cudagraphs (default: all that --compile allows)",
+    )
     p.add_argument("--steps", type=int, default=None, help="timed training steps per variant (default 16; tiny 2)")
     p.add_argument("--warmup", type=int, default=None, help="untimed training steps first (default 3; tiny 1)")
     p.add_argument("--sample-repeats", type=int, default=1, help="timed sampling runs per variant")
-    p.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak for MFU (default 798 on an H100/H200)")
+    p.add_argument(
+        "--peak-tflops", type=float, default=None, help="bf16 dense peak for MFU (default 798 on an H100/H200)"
+    )
     p.add_argument("--budget-s", type=float, default=420.0, help="do not start a variant after this many seconds")
-    p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the kernel-time tables (profiles.txt)")
+    p.add_argument(
+        "--no-profile", dest="profile", action="store_false", help="skip the kernel-time tables (profiles.txt)"
+    )
     args = p.parse_args(argv)
     unknown = set(args.sections.split(",")) - set(SECTIONS)
     if unknown:
@@ -912,21 +1063,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     suite.report.update(
         meta={
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device_name": device_name, "torch": torch.__version__, "cuda": torch.version.cuda,
-            "sizes": "tiny" if tiny else "PixelGen-XL/16, 256 px", "tiny": tiny, "peak_tflops": peak,
-            "compile": args.compile, "compile_backend": args.compile_backend, "attention_backend": args.attention_backend,
+            "device_name": device_name,
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "sizes": "tiny" if tiny else "PixelGen-XL/16, 256 px",
+            "tiny": tiny,
+            "peak_tflops": peak,
+            "compile": args.compile,
+            "compile_backend": args.compile_backend,
+            "attention_backend": args.attention_backend,
             "argv": sys.argv[1:] if argv is None else argv,
             "weights_note": "Frozen networks (DINOv2, LPIPS) use random weights (no network access); the backbone is randomly "
-                            f"initialised with its zero-initialised layers re-drawn (std {PERTURB_STD}).",
+            f"initialised with its zero-initialised layers re-drawn (std {PERTURB_STD}).",
             "flops_note": "model FLOPs from the shapes (pixelgen.utils.flops): multiply-add = 2 FLOPs, matrix products only, "
-                          "no recomputation; training: LPIPS on the expected gated share (P(t>=0.3)=0.524), P-DINO on the batch.",
-            "original": ORIGINAL, "targets": TARGETS,
+            "no recomputation; training: LPIPS on the expected gated share (P(t>=0.3)=0.524), P-DINO on the batch.",
+            "original": ORIGINAL,
+            "targets": TARGETS,
         },
-        results=[], skipped=[], elapsed_s={},
+        results=[],
+        skipped=[],
+        elapsed_s={},
     )
-    log(f"GPU suite on {device_name} ({suite.report['meta']['sizes']}); frozen networks: random weights; budget {args.budget_s:.0f} s")
-    runners = {"env": section_env, "correctness": section_correctness, "attention": section_attention,
-               "train": section_train, "sample": section_sample}
+    log(
+        f"GPU suite on {device_name} ({suite.report['meta']['sizes']}); frozen networks: random weights; budget {args.budget_s:.0f} s"
+    )
+    runners = {
+        "env": section_env,
+        "correctness": section_correctness,
+        "attention": section_attention,
+        "train": section_train,
+        "sample": section_sample,
+    }
     chosen = [s for s in SECTIONS if s in args.sections.split(",")]
     for name in chosen:
         if not suite.within_budget(f"section {name}"):

@@ -34,9 +34,11 @@ def time_inception(num_images: int, batch_size: int, weights: str | None) -> Non
     start = time.perf_counter()
     feats = extract_features(image_set, net, batch_size=batch_size, progress=True, desc="Inception")
     seconds = time.perf_counter() - start
-    print(f"Inception features, {num_images} images at 256 px (resized to 299), batch {batch_size}, "
-          f"{'given' if weights else 'random'} weights: {seconds:.1f} s = {num_images / seconds:.2f} img/s "
-          f"(outputs: {', '.join(f'{k} {v.shape[1]}' for k, v in feats.items())})")
+    print(
+        f"Inception features, {num_images} images at 256 px (resized to 299), batch {batch_size}, "
+        f"{'given' if weights else 'random'} weights: {seconds:.1f} s = {num_images / seconds:.2f} img/s "
+        f"(outputs: {', '.join(f'{k} {v.shape[1]}' for k, v in feats.items())})"
+    )
 
 
 def time_sampling(num_samples: int, steps: int, batch_size: int) -> None:
@@ -46,27 +48,71 @@ def time_sampling(num_samples: int, steps: int, batch_size: int) -> None:
     from pixelgen.samplers import build_sampler, generate
 
     model = pixelgen.build_model(
-        "jit", input_size=32, patch_size=4, in_channels=3, hidden_size=64, depth=2, num_heads=4,
-        num_classes=16, in_context_len=0, in_context_start=0,
+        "jit",
+        input_size=32,
+        patch_size=4,
+        in_channels=3,
+        hidden_size=64,
+        depth=2,
+        num_heads=4,
+        num_classes=16,
+        in_context_len=0,
+        in_context_start=0,
     )
     with tempfile.TemporaryDirectory() as tmp:
         ckpt, out = Path(tmp) / "ckpt", Path(tmp) / "samples"
         pixelgen.save_pretrained(model, ckpt)
-        argv = ["sample", "--checkpoint", str(ckpt), "--out", str(out), "--num-samples", str(num_samples), "--per-class", str(num_samples // 16),
-                "--sampler", "heun", "--steps", str(steps), "--guidance", "2.25", "--interval", "0.1", "0.9", "--shift", "2",
-                "--batch-size", str(batch_size), "--shard-size", "64", "--device", "cpu", "--no-progress"]
+        argv = [
+            "sample",
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(out),
+            "--num-samples",
+            str(num_samples),
+            "--per-class",
+            str(num_samples // 16),
+            "--sampler",
+            "heun",
+            "--steps",
+            str(steps),
+            "--guidance",
+            "2.25",
+            "--interval",
+            "0.1",
+            "0.9",
+            "--shift",
+            "2",
+            "--batch-size",
+            str(batch_size),
+            "--shard-size",
+            "64",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
         start = time.perf_counter()
         assert main(argv) == 0
         seconds = time.perf_counter() - start
     # the same images through bare generate(): what the sample path adds (loading, shards, npz, grids)
-    sampler = build_sampler("heun", num_steps=steps, guidance=2.25, guidance_interval_min=0.1, guidance_interval_max=0.9, timeshift=2.0)
+    sampler = build_sampler(
+        "heun", num_steps=steps, guidance=2.25, guidance_interval_min=0.1, guidance_interval_max=0.9, timeshift=2.0
+    )
     start = time.perf_counter()
-    generate(model.eval(), class_balanced_labels(num_samples, num_samples // 16), sampler=sampler, batch_size=batch_size, progress=False)
+    generate(
+        model.eval(),
+        class_balanced_labels(num_samples, num_samples // 16),
+        sampler=sampler,
+        batch_size=batch_size,
+        progress=False,
+    )
     bare = time.perf_counter() - start
     nfe = 2 * steps - 1
-    print(f"pixelgen sample, tiny JiT (32 px, patch 4, hidden 64, depth 2), {num_samples} images, Heun {steps} steps "
-          f"({nfe} NFE, CFG 2.25 on (0.1, 0.9]), batch {batch_size}: {seconds:.1f} s end to end = {num_samples / seconds:.2f} img/s; "
-          f"bare generate(): {bare:.1f} s = {num_samples / bare:.2f} img/s")
+    print(
+        f"pixelgen sample, tiny JiT (32 px, patch 4, hidden 64, depth 2), {num_samples} images, Heun {steps} steps "
+        f"({nfe} NFE, CFG 2.25 on (0.1, 0.9]), batch {batch_size}: {seconds:.1f} s end to end = {num_samples / seconds:.2f} img/s; "
+        f"bare generate(): {bare:.1f} s = {num_samples / bare:.2f} img/s"
+    )
     print("command: pixelgen " + " ".join(argv))
 
 

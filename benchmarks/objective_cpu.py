@@ -45,7 +45,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lpips", default="vgg", choices=["vgg", "alex", "squeeze"])
     p.add_argument("--repeats", type=int, default=10, help="timed evaluations per configuration")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1, help="1 keeps CPU time clean: idle OpenMP threads spin and count as CPU time")
+    p.add_argument(
+        "--threads", type=int, default=1, help="1 keeps CPU time clean: idle OpenMP threads spin and count as CPU time"
+    )
     return p.parse_args()
 
 
@@ -54,8 +56,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = pixelgen.build_model(
-        "jit", input_size=args.size, patch_size=16, hidden_size=args.hidden, depth=args.depth, num_heads=4,
-        num_classes=1000, in_context_len=0, in_context_start=0, bottleneck_dim=32,
+        "jit",
+        input_size=args.size,
+        patch_size=16,
+        hidden_size=args.hidden,
+        depth=args.depth,
+        num_heads=4,
+        num_classes=1000,
+        in_context_len=0,
+        in_context_start=0,
+        bottleneck_dim=32,
     )
     torch.nn.init.normal_(model.final_layer.linear.weight, std=0.02)  # the zero init would make x̂ constant
     encoders = {"dinov2": build_encoder(args.dino, "random"), "lpips": build_encoder("lpips", "random", net=args.lpips)}
@@ -66,8 +76,10 @@ def main() -> None:
     noise = torch.randn_like(image)
     align = min(8, args.depth // 2)
 
-    objectives = {label: build_objective(preset, hidden_size=args.hidden, align_layer=align, encoders=encoders, **overrides)
-                  for label, preset, overrides in CONFIGS}
+    objectives = {
+        label: build_objective(preset, hidden_size=args.hidden, align_layer=align, encoders=encoders, **overrides)
+        for label, preset, overrides in CONFIGS
+    }
     # Round-robin over the configurations, so that load from other processes hits all of them alike.
     wall: dict[str, list[float]] = {label: [] for label in objectives}
     cpu: dict[str, list[float]] = {label: [] for label in objectives}
@@ -85,16 +97,21 @@ def main() -> None:
     best = {label: min(ts) for label, ts in cpu.items()}
     base = best[CONFIGS[0][0]]
 
-    print(f"\nObjective forward+backward on CPU ({args.threads} threads): JiT {args.depth}x{args.hidden}, {args.size} px, "
-          f"batch {args.batch}, {args.dino} + LPIPS-{args.lpips} (random weights), best of {args.repeats} runs")
+    print(
+        f"\nObjective forward+backward on CPU ({args.threads} threads): JiT {args.depth}x{args.hidden}, {args.size} px, "
+        f"batch {args.batch}, {args.dino} + LPIPS-{args.lpips} (random weights), best of {args.repeats} runs"
+    )
     print(f"samples gated out (t < 0.3): {int((t < 0.3).sum())} of {args.batch}\n")
     print(f"{'configuration':40s} {'CPU ms':>8s} {'wall ms':>8s} {'x base':>7s}")
     for label in objectives:
         print(f"{label:40s} {best[label] * 1e3:8.1f} {min(wall[label]) * 1e3:8.1f} {best[label] / base:7.2f}")
     for mode in ("original", "intended"):
         masked, subset = best[f"pixelgen (P-DINO {mode}), masked"], best[f"pixelgen (P-DINO {mode}), subset"]
-        print(f"P-DINO {mode}: the gated subset instead of the masked full batch: {masked * 1e3:.0f} -> {subset * 1e3:.0f} CPU ms, "
-              f"{1 - subset / masked:.1%} of the objective's time and {1 - (subset - base) / (masked - base):.1%} of its perceptual part saved")
+        print(
+            f"P-DINO {mode}: the gated subset instead of the masked full batch: {masked * 1e3:.0f} -> {subset * 1e3:.0f} CPU ms, "
+            f"{1 - subset / masked:.1%} of the objective's time and {1 - (subset - base) / (masked - base):.1%} of its perceptual part saved"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -25,20 +25,37 @@ import torch
 from pixelgen import build_model
 from pixelgen.samplers import build_sampler
 
-TINY = dict(input_size=32, patch_size=4, hidden_size=96, depth=4, num_heads=4, num_classes=10, in_context_len=4,
-            in_context_start=1)
+TINY = dict(
+    input_size=32,
+    patch_size=4,
+    hidden_size=96,
+    depth=4,
+    num_heads=4,
+    num_classes=10,
+    in_context_len=4,
+    in_context_start=1,
+)
 
 XL_SETTINGS = {
-    "XL, guidance 1.0": dict(num_steps=50, timeshift=2.0, exact_henu=True, guidance=1.0,
-                             guidance_interval_min=0.1, guidance_interval_max=0.9),
-    "XL, guidance 2.25": dict(num_steps=50, timeshift=2.0, exact_henu=True, guidance=2.25,
-                              guidance_interval_min=0.1, guidance_interval_max=0.9),
+    "XL, guidance 1.0": dict(
+        num_steps=50, timeshift=2.0, exact_henu=True, guidance=1.0, guidance_interval_min=0.1, guidance_interval_max=0.9
+    ),
+    "XL, guidance 2.25": dict(
+        num_steps=50,
+        timeshift=2.0,
+        exact_henu=True,
+        guidance=2.25,
+        guidance_interval_min=0.1,
+        guidance_interval_max=0.9,
+    ),
 }
 
 TIMED = {
     "euler 50": ("euler", dict(num_steps=50)),
-    "euler 50, cfg 2.0 (0.1, 0.9]": ("euler", dict(num_steps=50, guidance=2.0, guidance_interval_min=0.1,
-                                                   guidance_interval_max=0.9)),
+    "euler 50, cfg 2.0 (0.1, 0.9]": (
+        "euler",
+        dict(num_steps=50, guidance=2.0, guidance_interval_min=0.1, guidance_interval_max=0.9),
+    ),
     "heun 50 exact": ("heun", dict(num_steps=50, timeshift=2.0)),
     "heun 50 exact, cfg 2.25 (0.1, 0.9]": ("heun", XL_SETTINGS["XL, guidance 2.25"]),
     "adams-2 25": ("adams", dict(num_steps=25, order=2, timeshift=3.0)),
@@ -67,7 +84,9 @@ def rows_per_image() -> None:
         sampler(lambda x, t, c: x, torch.zeros(1, 1), torch.tensor([1]), torch.tensor([0]))
         nfe, rows = sampler.last_stats["nfe"], sampler.last_stats["rows"]
         original = 2 * nfe
-        print(f"{name:<20} {nfe:>4} {sum(sampler.guided_steps()):>10}/50 {rows:>6} {original:>9} {1 - rows / original:>6.0%}")
+        print(
+            f"{name:<20} {nfe:>4} {sum(sampler.guided_steps()):>10}/50 {rows:>6} {original:>9} {1 - rows / original:>6.0%}"
+        )
     print()
 
 
@@ -92,17 +111,23 @@ def timed(batch: int, repeats: int) -> None:
                     best[k] = min(best[k], time.perf_counter() - start)
         return best
 
-    print(f"Tiny JiT {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {TINY['input_size']} px, "
-          f"batch {batch}, best of {repeats} (torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()})")
-    print(f"{'sampler':<36} {'NFE':>4} {'rows/img':>9} {'ours s':>8} {'orig. scheme s':>15} {'speed-up':>9} {'img/s':>7}")
+    print(
+        f"Tiny JiT {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {TINY['input_size']} px, "
+        f"batch {batch}, best of {repeats} (torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()})"
+    )
+    print(
+        f"{'sampler':<36} {'NFE':>4} {'rows/img':>9} {'ours s':>8} {'orig. scheme s':>15} {'speed-up':>9} {'img/s':>7}"
+    )
     with torch.inference_mode():
         for label, (name, params) in TIMED.items():
             sampler = build_sampler(name, **params)
             ours, original = best_times(sampler, [model, doubled])
             stats = sampler.last_stats  # the sampler's own counts: the doubling happens inside the wrapper
-            print(f"{label:<36} {stats['nfe']:>4} {stats['rows'] / batch:>9.0f} {ours:>8.3f} {original:>15.3f} "
-                  f"{original / ours:>8.2f}x {batch / ours:>7.1f}")
+            print(
+                f"{label:<36} {stats['nfe']:>4} {stats['rows'] / batch:>9.0f} {ours:>8.3f} {original:>15.3f} "
+                f"{original / ours:>8.2f}x {batch / ours:>7.1f}"
+            )
 
 
 def main() -> None:

@@ -64,7 +64,9 @@ def training_throughput(recipe, stage: str, steps: int, out: Path) -> dict:
     config.sample.num_images = 0  # no grids: pure training steps
     config.log_every = steps // 2
     config.ckpt_every = config.keep_every = 10 * steps
-    trainer = T2ITrainer(config, conditioner=build_conditioner_from_spec(dict(recipe.DEMO_TEXT_ENCODER)), progress=False)
+    trainer = T2ITrainer(
+        config, conditioner=build_conditioner_from_spec(dict(recipe.DEMO_TEXT_ENCODER)), progress=False
+    )
     try:
         trainer.fit()
     finally:
@@ -72,7 +74,12 @@ def training_throughput(recipe, stage: str, steps: int, out: Path) -> dict:
     records = [json.loads(line) for line in (Path(config.out_dir) / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in records if "images_per_s" in r][-1]
     batch = config.data.batch_size * config.optim.grad_accum
-    return {"stage": stage, "res": config.data.resolution, "images_per_step": batch, "images_per_s": last["images_per_s"]}
+    return {
+        "stage": stage,
+        "res": config.data.resolution,
+        "images_per_step": batch,
+        "images_per_s": last["images_per_s"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,9 +109,11 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             summary = recipe.run_demo(Path(tmp) / "demo", progress=False)
             wall = time.perf_counter() - start
-            print("\ndemo (python recipes/t2i.py --demo): wall time %.1f s" % wall)
+            print(f"\ndemo (python recipes/t2i.py --demo): wall time {wall:.1f} s")
             for stage, info in summary["stages"].items():
-                print(f"  {stage:>12}: {info['steps']} steps in {info['seconds']:.1f} s, last loss {info['last_loss']:.4f}")
+                print(
+                    f"  {stage:>12}: {info['steps']} steps in {info['seconds']:.1f} s, last loss {info['last_loss']:.4f}"
+                )
     return 0
 
 

@@ -55,17 +55,31 @@ def _demo_recipe():
 def _config(case: str, out: str, threads: int):
     from pixelgen.train import TrainConfig, apply_overrides
 
-    common = [f"out_dir={out}", "sample.num_images=0", "export_ema=false", f"num_threads={threads}", "device=cpu", "precision=fp32"]
+    common = [
+        f"out_dir={out}",
+        "sample.num_images=0",
+        "export_ema=false",
+        f"num_threads={threads}",
+        "device=cpu",
+        "precision=fp32",
+    ]
     if case == "demo":
         recipe = _demo_recipe()
         config = recipe.demo()
         config.objective.overrides["encoders"] = {
-            "dinov2": {"weights": "random", "base_patch_size": recipe.DEMO_PATCH, "model_overrides": {"embed_dim": 64, "depth": 2, "num_heads": 2}},
+            "dinov2": {
+                "weights": "random",
+                "base_patch_size": recipe.DEMO_PATCH,
+                "model_overrides": {"embed_dim": 64, "depth": 2, "num_heads": 2},
+            },
             "lpips": {"net": "alex", "weights": "random"},
         }
         return apply_overrides(config, common), None
     config = apply_overrides(TrainConfig(), [*common, "data.batch_size=2", "data.num_workers=0"])
-    config.objective.overrides["encoders"] = {"dinov2": {"weights": "random"}, "lpips": {"net": "vgg", "weights": "random"}}
+    config.objective.overrides["encoders"] = {
+        "dinov2": {"weights": "random"},
+        "lpips": {"net": "vgg", "weights": "random"},
+    }
     return config, RandomImageNet(64)
 
 
@@ -86,8 +100,13 @@ def run_case(case: str, steps: int, warmup: int, threads: int) -> dict:
         trainer.close()
     images = steps * config.data.batch_size * config.optim.grad_accum
     return {
-        "case": case, "params_M": params / 1e6, "batch": config.data.batch_size, "steps": steps, "threads": threads,
-        "s_per_step": seconds / steps, "images_per_s": images / seconds,
+        "case": case,
+        "params_M": params / 1e6,
+        "batch": config.data.batch_size,
+        "steps": steps,
+        "threads": threads,
+        "s_per_step": seconds / steps,
+        "images_per_s": images / seconds,
         "peak_rss_GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
 
@@ -102,11 +121,13 @@ def main() -> None:
     args = p.parse_args()
     defaults = {"demo": (30, 3, 1), "xl": (2, 1, 2)}
     if args.child:
-        steps, warmup, threads = (v if v is not None else d for v, d in zip((args.steps, args.warmup, args.threads), defaults[args.case]))
+        steps, warmup, threads = (
+            v if v is not None else d for v, d in zip((args.steps, args.warmup, args.threads), defaults[args.case])
+        )
         print(json.dumps(run_case(args.case, steps, warmup, threads)))
         return
     rows = []
-    for case in (["demo", "xl"] if args.case == "all" else [args.case]):
+    for case in ["demo", "xl"] if args.case == "all" else [args.case]:
         cmd = [sys.executable, __file__, "--child", "--case", case]
         for flag in ("steps", "warmup", "threads"):
             if getattr(args, flag) is not None:
@@ -117,11 +138,17 @@ def main() -> None:
             print(proc.stderr[-2000:])
             continue
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print(f"\n{'case':6s} {'params':>9s} {'batch':>5s} {'threads':>7s} {'s/step':>8s} {'images/s':>9s} {'peak RSS':>9s}")
+    print(
+        f"\n{'case':6s} {'params':>9s} {'batch':>5s} {'threads':>7s} {'s/step':>8s} {'images/s':>9s} {'peak RSS':>9s}"
+    )
     for r in rows:
-        print(f"{r['case']:6s} {r['params_M']:8.1f}M {r['batch']:5d} {r['threads']:7d} {r['s_per_step']:8.3f} {r['images_per_s']:9.2f} {r['peak_rss_GiB']:8.2f}G")
+        print(
+            f"{r['case']:6s} {r['params_M']:8.1f}M {r['batch']:5d} {r['threads']:7d} {r['s_per_step']:8.3f} {r['images_per_s']:9.2f} {r['peak_rss_GiB']:8.2f}G"
+        )
     if any(r["case"] == "xl" for r in rows):
-        print("xl: frozen DINOv2-B/14 and LPIPS-VGG with random weights (same cost as the real ones), random 256 px data.")
+        print(
+            "xl: frozen DINOv2-B/14 and LPIPS-VGG with random weights (same cost as the real ones), random 256 px data."
+        )
 
 
 if __name__ == "__main__":

@@ -74,7 +74,9 @@ def _resolve_folder(path: str | os.PathLike) -> tuple[Path, Path]:
     else:
         raise CheckpointError(f"{path} is neither a folder written by save_pretrained nor a .safetensors file.")
     if not weights.is_file():
-        raise CheckpointError(f"No weights file {weights} (expected {WEIGHTS_NAME} written by save_pretrained or `pixelgen convert`).")
+        raise CheckpointError(
+            f"No weights file {weights} (expected {WEIGHTS_NAME} written by save_pretrained or `pixelgen convert`)."
+        )
     if not config.is_file():
         raise CheckpointError(f"No {CONFIG_NAME} next to {weights}; it tells which architecture the weights belong to.")
     return weights, config
@@ -242,13 +244,13 @@ def infer_backbone_config(
     shape_keys = [k for k in inferred if k != "input_size"]
 
     if preset is None:
-        matching = [
-            name for name, cfg in presets.items() if all(cfg.get(k) == inferred[k] for k in shape_keys)
-        ]
+        matching = [name for name, cfg in presets.items() if all(cfg.get(k) == inferred[k] for k in shape_keys)]
         matching.sort(key=lambda n: (not n.startswith("pixelgen_"), n))
         if matching:
             preset, base = matching[0], presets[matching[0]]
-            log.info("The weights match preset '%s'; taking %s from it.", preset, ", ".join(sorted(unknowable)) or "nothing")
+            log.info(
+                "The weights match preset '%s'; taking %s from it.", preset, ", ".join(sorted(unknowable)) or "nothing"
+            )
     for source, values in ((f"preset '{preset}' says", base), ("the overrides say", overrides)):
         for key in shape_keys:
             if key in values and values[key] != inferred[key]:
@@ -285,19 +287,27 @@ def convert_checkpoint(
     checkpoint = safe_torch_load(ckpt_path, trust_pickle=trust_pickle)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{ckpt_path} holds no state dict of tensors (expected a Lightning checkpoint with 'state_dict').")
+        raise CheckpointError(
+            f"{ckpt_path} holds no state dict of tensors (expected a Lightning checkpoint with 'state_dict')."
+        )
 
     prefix = prefixes[weights]
-    model_state = {k[len(prefix):].removeprefix("_orig_mod."): v for k, v in state.items() if k.startswith(prefix)}
+    model_state = {k[len(prefix) :].removeprefix("_orig_mod."): v for k, v in state.items() if k.startswith(prefix)}
     if not model_state:
         found = sorted({k.split(".", 1)[0] + "." for k in state})
-        hint = " (use weights='raw' / --weights raw for the non-EMA weights)" if weights == "ema" and _RAW_PREFIX in found else ""
-        raise CheckpointError(f"{ckpt_path} has no '{prefix}*' weights{hint}; its key prefixes are: {', '.join(found)}.")
+        hint = (
+            " (use weights='raw' / --weights raw for the non-EMA weights)"
+            if weights == "ema" and _RAW_PREFIX in found
+            else ""
+        )
+        raise CheckpointError(
+            f"{ckpt_path} has no '{prefix}*' weights{hint}; its key prefixes are: {', '.join(found)}."
+        )
 
     arch, config = infer_backbone_config(model_state, preset=preset, **overrides)
     model = _load_into(_build_on_meta(arch, config), model_state, f"{ckpt_path} ({prefix}*)")
     out_dir = save_pretrained(model, out_dir, extra={"converted_from": ckpt_path.name, "weights": weights})
-    projector = {k[len(_PROJECTOR_PREFIX):]: v for k, v in state.items() if k.startswith(_PROJECTOR_PREFIX)}
+    projector = {k[len(_PROJECTOR_PREFIX) :]: v for k, v in state.items() if k.startswith(_PROJECTOR_PREFIX)}
     if projector:
         save_safetensors(projector, out_dir / PROJECTOR_NAME)
     log.info("Converted %s (%s weights, %s) to %s.", ckpt_path, weights, arch, out_dir)

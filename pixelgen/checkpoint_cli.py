@@ -18,14 +18,27 @@ def _key_value(text: str) -> tuple[str, object]:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("checkpoint", help="original .ckpt (state_dict with denoiser.*, ema_denoiser.*, diffusion_trainer.proj.*)")
+    p.add_argument(
+        "checkpoint", help="original .ckpt (state_dict with denoiser.*, ema_denoiser.*, diffusion_trainer.proj.*)"
+    )
     p.add_argument("out_dir", help="folder to write model.safetensors, config.json (and repa_projector.safetensors)")
-    p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA weights (default) or the raw training weights")
+    p.add_argument(
+        "--weights", choices=("ema", "raw"), default="ema", help="EMA weights (default) or the raw training weights"
+    )
     p.add_argument("--preset", help="backbone preset for what shapes cannot tell (default: the matching preset)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override with the original argument names, e.g. --set in_context_start=8 (repeatable)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow full unpickling when torch.load(weights_only=True) refuses the file (only for trusted files)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override with the original argument names, e.g. --set in_context_start=8 (repeatable)",
+    )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow full unpickling when torch.load(weights_only=True) refuses the file (only for trusted files)",
+    )
 
 
 def run(args) -> int:
@@ -33,7 +46,12 @@ def run(args) -> int:
 
     overrides = dict(_key_value(item) for item in args.overrides)
     out = convert_checkpoint(
-        args.checkpoint, args.out_dir, weights=args.weights, preset=args.preset, trust_pickle=args.trust_pickle, **overrides
+        args.checkpoint,
+        args.out_dir,
+        weights=args.weights,
+        preset=args.preset,
+        trust_pickle=args.trust_pickle,
+        **overrides,
     )
     config = json.loads((out / "config.json").read_text())
     print(f"wrote {out}: arch={config['arch']} weights={args.weights}")

@@ -29,9 +29,10 @@ import fnmatch
 import importlib
 import logging
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pluggy
 
@@ -59,7 +60,7 @@ hookimpl = pluggy.HookimplMarker("pixelgen")
 
 class _HookSpecs:
     @hookspec
-    def pixelgen_register(self, registries: "Registries") -> None:
+    def pixelgen_register(self, registries: Registries) -> None:
         """Register parts (``registries.backbone.register(...)``, ``registries.loss.register(...)`` ...)."""
 
 
@@ -306,7 +307,9 @@ def discover_plugins(force: bool = False) -> dict[str, str]:
                         pm.unregister(name=ep.name)
                     reason = f"{type(exc).__name__}: {exc}"
                     _plugin_errors[ep.name] = reason
-                    log.warning("pixelgen plugin '%s' (%s) failed to load and was skipped: %s", ep.name, ep.value, reason)
+                    log.warning(
+                        "pixelgen plugin '%s' (%s) failed to load and was skipped: %s", ep.name, ep.value, reason
+                    )
                 finally:
                     _current.source = None
             _discovered = True

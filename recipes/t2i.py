@@ -35,10 +35,10 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
-
+from typing import Any
 
 from pixelgen.train import TrainConfig
 from pixelgen.train.config import DataConfig, ModelConfig, ObjectiveConfig, OptimConfig, SampleConfig
@@ -79,7 +79,9 @@ class T2ISettings:
         return {"text_encoder": self.text_encoder, "pad_mask": self.pad_mask, "prompts": list(self.prompts)}
 
 
-def stage_config(stage: str, *, data: str | None = None, out: str | None = None, init_from: str | None = None) -> TrainConfig:
+def stage_config(
+    stage: str, *, data: str | None = None, out: str | None = None, init_from: str | None = None
+) -> TrainConfig:
     """The :class:`TrainConfig` of a stage (spec §6.6); ``data`` is the shard pattern or the SFT folder."""
     if stage not in STAGES:
         raise ValueError(f"Unknown stage {stage!r}; choose one of {', '.join(STAGES)}.")
@@ -153,9 +155,13 @@ def demo_config(
     config.model = ModelConfig(name="jit_t2i", overrides={**DEMO_MODEL, "input_size": res})
     config.objective.overrides = demo_objective_overrides()
     if stage == "sft512":
-        config.data = DataConfig(dataset="caption_folder", root=str(sft_data), resolution=res, batch_size=8, num_workers=0)
+        config.data = DataConfig(
+            dataset="caption_folder", root=str(sft_data), resolution=res, batch_size=8, num_workers=0
+        )
     else:
-        config.data = DataConfig(dataset="demo_captions", resolution=res, batch_size=8, num_workers=0, options={"samples_per_class": 8})
+        config.data = DataConfig(
+            dataset="demo_captions", resolution=res, batch_size=8, num_workers=0, options={"samples_per_class": 8}
+        )
     config.optim.lr *= 5
     config.optim.grad_accum = 2
     config.max_steps = steps if steps is not None else DEMO_STEPS[stage]
@@ -213,7 +219,9 @@ def run_demo(out: Path, *, steps_scale: float = 1.0, grid_steps: int = 25, progr
         }
         previous = Path(config.out_dir)
     summary["wall_seconds"] = round(time.perf_counter() - start, 2)
-    summary["generate"] = f"pixelgen generate --checkpoint {previous / 'export'} --prompt \"a photo of a cat\" --out {out / 'generated'}"
+    summary["generate"] = (
+        f'pixelgen generate --checkpoint {previous / "export"} --prompt "a photo of a cat" --out {out / "generated"}'
+    )
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -222,7 +230,9 @@ def run_demo(out: Path, *, steps_scale: float = 1.0, grid_steps: int = 25, progr
 def check_caption_data(dataset: str, root: str | None) -> None:
     """Fail in one sentence before the (large) text encoder loads when the stage's data cannot be found."""
     if not root:
-        raise FileNotFoundError("No training data given: pass --data (webdataset shards for pretraining, a caption folder for sft512).")
+        raise FileNotFoundError(
+            "No training data given: pass --data (webdataset shards for pretraining, a caption folder for sft512)."
+        )
     if dataset == "caption_folder":
         if not Path(root).expanduser().is_dir():
             raise FileNotFoundError(f"The caption folder {root} does not exist.")
@@ -233,14 +243,18 @@ def check_caption_data(dataset: str, root: str | None) -> None:
 
 
 def train_stage(
-    config: TrainConfig, settings: T2ISettings, *, stage: str | None = None, resume: str | None = None, progress: bool = True
+    config: TrainConfig,
+    settings: T2ISettings,
+    *,
+    stage: str | None = None,
+    resume: str | None = None,
+    progress: bool = True,
 ):
     """Train one stage with :class:`~pixelgen.conditioners.training.T2ITrainer`; returns its ``TrainResult``.
 
     ``resume``: None, ``"auto"`` (the latest checkpoint in the run folder, when there is one) or a path."""
     from pixelgen.conditioners import build_conditioner_from_spec
     from pixelgen.conditioners.training import T2ITrainer
-
     from pixelgen.train import CheckpointManager
     from pixelgen.train.distributed import training_device
 
@@ -248,7 +262,9 @@ def train_stage(
     if resume == "auto" and CheckpointManager(config.out_dir).find_resume() is None:
         resume = None  # nothing to continue yet: start the stage (from init_from when given)
     if needs and not config.init_from and resume is None:
-        raise ValueError(f"Stage {stage} starts from a {needs} run: pass --init-from <that run's folder or checkpoint>.")
+        raise ValueError(
+            f"Stage {stage} starts from a {needs} run: pass --init-from <that run's folder or checkpoint>."
+        )
     if config.data.dataset in ("webdataset_captions", "caption_folder"):
         check_caption_data(config.data.dataset, config.data.root)
     # Load the encoder straight onto this rank's training device (bf16 there on CUDA); T2ITrainer checks that
@@ -260,7 +276,9 @@ def train_stage(
         if trainer.dist.is_main:
             out = Path(config.out_dir)
             out.mkdir(parents=True, exist_ok=True)
-            (out / "t2i.json").write_text(json.dumps({**settings.to_dict(), "text_encoder": conditioner.describe()}, indent=2) + "\n")
+            (out / "t2i.json").write_text(
+                json.dumps({**settings.to_dict(), "text_encoder": conditioner.describe()}, indent=2) + "\n"
+            )
         return trainer.fit()
     finally:
         trainer.close()
@@ -275,9 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
     from pixelgen.train.recipe import build_parser as shared_parser
 
     p = shared_parser(__doc__.splitlines()[0], PRESETS, default="pretrain256")
-    p.add_argument("--init-from", help="stage transition: the previous stage's run folder or checkpoint (= --set init_from=...)")
-    p.add_argument("--text-encoder", default="Qwen/Qwen3-1.7B", help="conditioner name, folder or HF id (default Qwen/Qwen3-1.7B)")
-    p.add_argument("--pad-mask", action="store_true", help="mask text padding tokens in the backbone (off = the original)")
+    p.add_argument(
+        "--init-from", help="stage transition: the previous stage's run folder or checkpoint (= --set init_from=...)"
+    )
+    p.add_argument(
+        "--text-encoder", default="Qwen/Qwen3-1.7B", help="conditioner name, folder or HF id (default Qwen/Qwen3-1.7B)"
+    )
+    p.add_argument(
+        "--pad-mask", action="store_true", help="mask text padding tokens in the backbone (off = the original)"
+    )
     p.add_argument("--prompts-file", help="sample-grid prompts, one per line")
     p.add_argument("--demo-scale", type=float, default=1.0, help="multiply the demo's step counts (tests use less)")
     return p
@@ -287,14 +311,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pixelgen.train.recipe import resolve_config
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     if args.list_presets:
         for stage in STAGES:
             print(stage)
         return 0
     try:
         if args.demo:
-            summary = run_demo(Path(args.out or "runs/t2i_demo"), steps_scale=args.demo_scale, progress=not args.no_progress)
+            summary = run_demo(
+                Path(args.out or "runs/t2i_demo"), steps_scale=args.demo_scale, progress=not args.no_progress
+            )
             print(json.dumps(summary, indent=2))
             return 0
         config = resolve_config(args, PRESETS, None)
@@ -305,7 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         settings = T2ISettings(text_encoder=args.text_encoder, pad_mask=args.pad_mask)
         if args.prompts_file:
-            settings.prompts = [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
+            settings.prompts = [
+                line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()
+            ]
         result = train_stage(config, settings, stage=args.preset, resume=args.resume, progress=not args.no_progress)
     except (ValueError, KeyError, FileNotFoundError, TypeError) as exc:
         if args.verbose:

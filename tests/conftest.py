@@ -22,4 +22,6 @@ def golden():
 
     from safetensors.torch import load_file
 
-    return load_file(str(DATA / "upstream_reference.safetensors")), json.loads((DATA / "upstream_reference.json").read_text())
+    return load_file(str(DATA / "upstream_reference.safetensors")), json.loads(
+        (DATA / "upstream_reference.json").read_text()
+    )

@@ -70,8 +70,17 @@ def tiny_jit(**overrides) -> nn.Module:
     import pixelgen
 
     torch.manual_seed(0)
-    config = dict(input_size=32, patch_size=16, hidden_size=32, depth=2, num_heads=2, num_classes=10,
-                  in_context_len=0, in_context_start=0, bottleneck_dim=8)
+    config = dict(
+        input_size=32,
+        patch_size=16,
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        num_classes=10,
+        in_context_len=0,
+        in_context_start=0,
+        bottleneck_dim=8,
+    )
     model = pixelgen.build_model("jit", **{**config, **overrides})
     for layer in (model.final_layer.linear, *(b.adaLN_modulation[-1] for b in model.blocks)):
         nn.init.normal_(layer.weight, std=0.05)
@@ -81,5 +90,7 @@ def tiny_jit(**overrides) -> nn.Module:
 def images(batch: int = 4, size: int = 32, seed: int = 0, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """(image in [-1, 1], raw in [0, 1]) of a smooth random batch."""
     g = torch.Generator().manual_seed(seed)
-    raw = torch.nn.functional.interpolate(torch.rand(batch, 3, size // 4, size // 4, generator=g), size=size, mode="bilinear").to(dtype)
+    raw = torch.nn.functional.interpolate(
+        torch.rand(batch, 3, size // 4, size // 4, generator=g), size=size, mode="bilinear"
+    ).to(dtype)
     return raw * 2 - 1, raw

@@ -87,8 +87,19 @@ def test_xl_preset_has_no_bottleneck_and_middle_dropout():
 
 
 def test_every_builtin_is_listed_and_presets_take_overrides():
-    expected = {"jit", "jit_t2i", "jit_b_16", "jit_b_32", "jit_l_16", "jit_l_32", "jit_h_16", "jit_h_32",
-                "pixelgen_l_16", "pixelgen_xl_16", "pixelgen_xxl_16_t2i"}
+    expected = {
+        "jit",
+        "jit_t2i",
+        "jit_b_16",
+        "jit_b_32",
+        "jit_l_16",
+        "jit_l_32",
+        "jit_h_16",
+        "jit_h_32",
+        "pixelgen_l_16",
+        "pixelgen_xl_16",
+        "pixelgen_xxl_16_t2i",
+    }
     assert expected <= set(list_models())
     assert list_models("pixelgen_*") == ["pixelgen_l_16", "pixelgen_xl_16", "pixelgen_xxl_16_t2i"]
     model = build_model("pixelgen_xl_16", device="meta", depth=2, proj_drop=0.0)
@@ -108,13 +119,22 @@ def test_build_errors_are_one_sentence():
 
 def test_contract_attributes_and_config_round_trip():
     c2i = build_model("jit_b_16", device="meta")
-    assert (c2i.arch, c2i.cond_kind, c2i.input_size, c2i.patch_size, c2i.hidden_size, c2i.in_channels, c2i.num_classes) == (
-        "jit", "class", 256, 16, 768, 3, 1000)
+    assert (
+        c2i.arch,
+        c2i.cond_kind,
+        c2i.input_size,
+        c2i.patch_size,
+        c2i.hidden_size,
+        c2i.in_channels,
+        c2i.num_classes,
+    ) == ("jit", "class", 256, 16, 768, 3, 1000)
     t2i = build_model("pixelgen_xxl_16_t2i", device="meta")
     assert (t2i.arch, t2i.cond_kind, t2i.txt_embed_dim, t2i.txt_max_length) == ("jit_t2i", "text", 2048, 128)
     for model in (c2i, t2i):
         rebuilt = build_model(model.arch, device="meta", **model.config)
-        assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+        assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+            k: v.shape for k, v in model.state_dict().items()
+        }
         assert model.final_layer.linear.weight is not None
 
 
@@ -145,10 +165,28 @@ def test_models_cast_to_another_dtype_run_in_it(name, config):
 
 # -- properties ------------------------------------------------------------------------------------------------
 
-TINY_C2I = dict(input_size=16, patch_size=4, hidden_size=32, depth=3, num_heads=2, num_classes=5, bottleneck_dim=8,
-                in_context_len=2, in_context_start=1)
-TINY_T2I = dict(input_size=16, patch_size=4, hidden_size=32, num_blocks=2, num_text_blocks=1, num_groups=2,
-                txt_embed_dim=12, txt_max_length=5, bottleneck_dim=8)
+TINY_C2I = dict(
+    input_size=16,
+    patch_size=4,
+    hidden_size=32,
+    depth=3,
+    num_heads=2,
+    num_classes=5,
+    bottleneck_dim=8,
+    in_context_len=2,
+    in_context_start=1,
+)
+TINY_T2I = dict(
+    input_size=16,
+    patch_size=4,
+    hidden_size=32,
+    num_blocks=2,
+    num_text_blocks=1,
+    num_groups=2,
+    txt_embed_dim=12,
+    txt_max_length=5,
+    bottleneck_dim=8,
+)
 
 
 @st.composite
@@ -156,10 +194,17 @@ def c2i_cases(draw):
     heads, head_dim, patch = draw(st.integers(1, 3)), draw(st.sampled_from([4, 8, 12])), draw(st.sampled_from([2, 4]))
     depth = draw(st.integers(1, 4))
     config = dict(
-        input_size=patch * draw(st.integers(1, 4)), patch_size=patch, hidden_size=heads * head_dim, depth=depth,
-        num_heads=heads, mlp_ratio=draw(st.sampled_from([1.0, 2.0, 4.0])), num_classes=draw(st.integers(1, 5)),
-        use_bottleneck=draw(st.booleans()), bottleneck_dim=draw(st.sampled_from([4, 8])),
-        in_context_len=draw(st.integers(0, 3)), in_context_start=draw(st.integers(0, depth)),
+        input_size=patch * draw(st.integers(1, 4)),
+        patch_size=patch,
+        hidden_size=heads * head_dim,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=draw(st.sampled_from([1.0, 2.0, 4.0])),
+        num_classes=draw(st.integers(1, 5)),
+        use_bottleneck=draw(st.booleans()),
+        bottleneck_dim=draw(st.sampled_from([4, 8])),
+        in_context_len=draw(st.integers(0, 3)),
+        in_context_start=draw(st.integers(0, depth)),
     )
     grid = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))  # run-time grid, may differ from input_size
     return config, grid, draw(st.integers(1, 2)), draw(st.integers(0, depth))
@@ -170,9 +215,15 @@ def t2i_cases(draw):
     heads, head_dim, patch = draw(st.integers(1, 3)), draw(st.sampled_from([4, 8])), draw(st.sampled_from([2, 4]))
     blocks = draw(st.integers(1, 3))
     config = dict(
-        input_size=patch * draw(st.integers(1, 4)), patch_size=patch, hidden_size=heads * head_dim, num_blocks=blocks,
-        num_text_blocks=draw(st.integers(0, 2)), num_groups=heads, txt_embed_dim=draw(st.integers(1, 9)),
-        txt_max_length=draw(st.integers(1, 6)), bottleneck_dim=draw(st.sampled_from([4, 8])),
+        input_size=patch * draw(st.integers(1, 4)),
+        patch_size=patch,
+        hidden_size=heads * head_dim,
+        num_blocks=blocks,
+        num_text_blocks=draw(st.integers(0, 2)),
+        num_groups=heads,
+        txt_embed_dim=draw(st.integers(1, 9)),
+        txt_max_length=draw(st.integers(1, 6)),
+        bottleneck_dim=draw(st.sampled_from([4, 8])),
     )
     grid = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
     return config, grid, draw(st.integers(1, 2)), draw(st.integers(0, blocks))
@@ -198,7 +249,11 @@ def _check_properties(model, inputs, return_layer):
         out, feature = model(*inputs, return_layer=return_layer)
         assert out.shape == x.shape
         assert torch.equal(out, torch.zeros_like(out))  # zero-initialised output layers
-        assert feature.shape == (x.shape[0], (x.shape[2] // model.patch_size) * (x.shape[3] // model.patch_size), model.hidden_size)
+        assert feature.shape == (
+            x.shape[0],
+            (x.shape[2] // model.patch_size) * (x.shape[3] // model.patch_size),
+            model.hidden_size,
+        )
         _randomize(model)
         model.attention_backend = "sdpa"
         sdpa = model(*inputs)
@@ -240,7 +295,7 @@ def test_return_layer_is_the_input_of_that_block():
         _, f2 = model(x, t, y, return_layer=2)
         _, f3 = model(x, t, y, return_layer=3)  # = depth: after the last block
     assert torch.equal(out0, plain)
-    per_call = [outputs[i:i + 3] for i in range(0, len(outputs), 3)]
+    per_call = [outputs[i : i + 3] for i in range(0, len(outputs), 3)]
     assert f0.shape == f1.shape == f2.shape == f3.shape == (2, 16, 32)
     torch.testing.assert_close(f1, per_call[2][0])
     torch.testing.assert_close(f2, per_call[3][1][:, 2:])  # in-context tokens stripped

@@ -158,7 +158,9 @@ def test_prefixes_in_the_stream(tmp_path):
         if caption.startswith("word"):
             assert caption == long_caption  # 30 words: never prefixed
         else:
-            assert caption.startswith(CAPTION_PREFIXES) and caption.endswith(tuple(f"short caption {i}" for i in range(200)))
+            assert caption.startswith(CAPTION_PREFIXES) and caption.endswith(
+                tuple(f"short caption {i}" for i in range(200))
+            )
     untouched = CaptionShardDataset(tmp_path / "p.tar", RES, rank=0, world_size=1, repeat=False, prefix_p=0.0)
     assert not any(c.startswith(CAPTION_PREFIXES) for c in captions_of(untouched))
 
@@ -207,7 +209,11 @@ COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "white
 
 def test_caption_folder_pairs_images_with_their_captions(tmp_path):
     (tmp_path / "sub" / "deeper").mkdir(parents=True)
-    places = {"red": tmp_path / "a.png", "green": tmp_path / "sub" / "b.jpg", "blue": tmp_path / "sub" / "deeper" / "c.JPEG"}
+    places = {
+        "red": tmp_path / "a.png",
+        "green": tmp_path / "sub" / "b.jpg",
+        "blue": tmp_path / "sub" / "deeper" / "c.JPEG",
+    }
     for colour, path in places.items():
         Image.new("RGB", (40, 30), COLOURS[colour]).save(path, format="PNG" if path.suffix == ".png" else "JPEG")
         path.with_suffix(".txt").write_text(f"a {colour} square\n")

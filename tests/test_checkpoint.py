@@ -11,10 +11,28 @@ from pixelgen.checkpoint import infer_backbone_config
 from pixelgen.cli import main as cli_main
 from pixelgen.utils.io import CheckpointError, load_safetensors
 
-C2I = dict(input_size=16, patch_size=4, hidden_size=32, depth=3, num_heads=2, num_classes=5, bottleneck_dim=8,
-           in_context_len=2, in_context_start=1)
-T2I = dict(input_size=16, patch_size=4, hidden_size=32, num_blocks=2, num_text_blocks=1, num_groups=2,
-           txt_embed_dim=12, txt_max_length=5, bottleneck_dim=8)
+C2I = dict(
+    input_size=16,
+    patch_size=4,
+    hidden_size=32,
+    depth=3,
+    num_heads=2,
+    num_classes=5,
+    bottleneck_dim=8,
+    in_context_len=2,
+    in_context_start=1,
+)
+T2I = dict(
+    input_size=16,
+    patch_size=4,
+    hidden_size=32,
+    num_blocks=2,
+    num_text_blocks=1,
+    num_groups=2,
+    txt_embed_dim=12,
+    txt_max_length=5,
+    bottleneck_dim=8,
+)
 
 
 def _random_model(arch, config, seed):
@@ -84,7 +102,10 @@ def _lightning_checkpoint(path, arch, config, *, with_pickle=False):
     raw, ema = _random_model(arch, config, seed=1), _random_model(arch, config, seed=2)
     state = {f"denoiser.{k}": v for k, v in raw.state_dict().items()}
     state |= {f"ema_denoiser.{k}": v for k, v in ema.state_dict().items()}
-    state |= {"diffusion_trainer.proj.0.0.weight": torch.randn(16, 32), "diffusion_trainer.proj.0.0.bias": torch.randn(16)}
+    state |= {
+        "diffusion_trainer.proj.0.0.weight": torch.randn(16, 32),
+        "diffusion_trainer.proj.0.0.bias": torch.randn(16),
+    }
     checkpoint = {"state_dict": state, "epoch": 3, "global_step": 1234}
     if with_pickle:
         checkpoint["hyper_parameters"] = argparse.Namespace(lr=1e-4)  # refused by weights_only=True
@@ -101,7 +122,9 @@ def test_convert_round_trip_picks_ema_by_default(tmp_path, arch, config):
     converted = load_pretrained(out)
     assert converted.config == ema.config
     assert _same_outputs(ema, converted)
-    assert _same_outputs(raw, load_pretrained(convert_checkpoint(tmp_path / "last.ckpt", tmp_path / "raw", weights="raw", **extra)))
+    assert _same_outputs(
+        raw, load_pretrained(convert_checkpoint(tmp_path / "last.ckpt", tmp_path / "raw", weights="raw", **extra))
+    )
     projector = load_safetensors(out / "repa_projector.safetensors")
     assert set(projector) == {"0.0.weight", "0.0.bias"}
     assert torch.equal(projector["0.0.weight"], state["diffusion_trainer.proj.0.0.weight"])
@@ -120,7 +143,13 @@ def test_convert_needs_what_shapes_cannot_tell(tmp_path):
 
 @pytest.mark.parametrize(
     "name,overrides",
-    [("pixelgen_xl_16", {}), ("pixelgen_l_16", {}), ("jit_h_16", {}), ("jit_b_32", {}), ("pixelgen_xxl_16_t2i", {"input_size": 512})],
+    [
+        ("pixelgen_xl_16", {}),
+        ("pixelgen_l_16", {}),
+        ("jit_h_16", {}),
+        ("jit_b_32", {}),
+        ("pixelgen_xxl_16_t2i", {"input_size": 512}),
+    ],
 )
 def test_shapes_of_released_sizes_infer_their_preset(name, overrides):
     model = build_model(name, device="meta", **overrides)

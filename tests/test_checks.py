@@ -52,7 +52,10 @@ def test_labels_accept_the_range_and_the_null_class_only_when_allowed(num_classe
 
 
 def test_label_errors():
-    with pytest.raises(ValueError, match="^y must be class indices in \\[0, 5\\] \\(5 is the null class\\), got values in \\[-1, 2\\]\\.$"):
+    with pytest.raises(
+        ValueError,
+        match="^y must be class indices in \\[0, 5\\] \\(5 is the null class\\), got values in \\[-1, 2\\]\\.$",
+    ):
         check_labels(torch.tensor([-1, 2]), 5)
     with pytest.raises(ValueError, match="got values in \\[0, 6\\]"):
         check_labels(torch.tensor([0, 6]), 5)

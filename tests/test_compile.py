@@ -11,8 +11,17 @@ import torch
 from pixelgen import build_model
 from pixelgen.nn import ATTENTION_BACKENDS, attention
 
-TINY = dict(input_size=32, patch_size=8, hidden_size=64, depth=3, num_heads=4, num_classes=10, bottleneck_dim=16,
-            in_context_len=4, in_context_start=1)
+TINY = dict(
+    input_size=32,
+    patch_size=8,
+    hidden_size=64,
+    depth=3,
+    num_heads=4,
+    num_classes=10,
+    bottleneck_dim=16,
+    in_context_len=4,
+    in_context_start=1,
+)
 
 
 def _tiny_model() -> torch.nn.Module:

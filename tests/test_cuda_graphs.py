@@ -12,8 +12,18 @@ from pixelgen.samplers import GraphedDenoiser, build_sampler, generate
 
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
-    model = build_model("jit", input_size=16, patch_size=8, hidden_size=32, depth=2, num_heads=2, num_classes=10,
-                        bottleneck_dim=8, in_context_len=2, in_context_start=1).eval()
+    model = build_model(
+        "jit",
+        input_size=16,
+        patch_size=8,
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        num_classes=10,
+        bottleneck_dim=8,
+        in_context_len=2,
+        in_context_start=1,
+    ).eval()
     torch.nn.init.normal_(model.final_layer.linear.weight, std=0.05)
     for block in model.blocks:
         torch.nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.05)
@@ -43,7 +53,9 @@ def test_off_cuda_it_is_a_plain_call_and_generate_is_unchanged():
     with torch.inference_mode():
         torch.testing.assert_close(graphed(x, t, y), model(x, t, y), rtol=0, atol=0)
     assert graphed.num_graphs == 0 and graphed.replays == 0
-    sampler = build_sampler("heun", num_steps=4, timeshift=2.0, guidance=2.0, guidance_interval_min=0.1, guidance_interval_max=0.9)
+    sampler = build_sampler(
+        "heun", num_steps=4, timeshift=2.0, guidance=2.0, guidance_interval_min=0.1, guidance_interval_max=0.9
+    )
     labels = [1, 2, 3]
     plain = generate(model, labels, sampler=sampler, batch_size=2, progress=False)
     assert torch.equal(generate(model, labels, sampler=sampler, batch_size=2, progress=False, cuda_graphs=True), plain)
@@ -51,7 +63,9 @@ def test_off_cuda_it_is_a_plain_call_and_generate_is_unchanged():
 
 def test_replays_give_the_eager_samples_with_one_record_per_shape():
     model = _model()
-    sampler = build_sampler("heun", num_steps=5, timeshift=2.0, guidance=2.25, guidance_interval_min=0.1, guidance_interval_max=0.9)
+    sampler = build_sampler(
+        "heun", num_steps=5, timeshift=2.0, guidance=2.25, guidance_interval_min=0.1, guidance_interval_max=0.9
+    )
     noise, labels, null = torch.randn(3, 3, 16, 16), torch.tensor([1, 2, 3]), torch.full((3,), 10)
     graphed = StandInGraph(model)
     with torch.inference_mode():

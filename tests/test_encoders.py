@@ -181,12 +181,15 @@ def test_dinov2_weights_resolve_from_path_torch_hub_cache_and_hf_cache(tmp_path,
     torch.testing.assert_close(build_encoder("dinov2_vitb14", model_overrides=TINY_DINO)(x), expected)
 
 
-@pytest.mark.parametrize("name, options, filename", [
-    ("dinov2_vitb14", {}, "dinov2_vitb14_pretrain.pth"),
-    ("dinov2_vitl14", {}, "dinov2_vitl14_pretrain.pth"),
-    ("lpips", {}, "vgg16-397923af.pth"),
-    ("lpips", {"net": "alex"}, "alexnet-owt-7be5be79.pth"),
-])
+@pytest.mark.parametrize(
+    "name, options, filename",
+    [
+        ("dinov2_vitb14", {}, "dinov2_vitb14_pretrain.pth"),
+        ("dinov2_vitl14", {}, "dinov2_vitl14_pretrain.pth"),
+        ("lpips", {}, "vgg16-397923af.pth"),
+        ("lpips", {"net": "alex"}, "alexnet-owt-7be5be79.pth"),
+    ],
+)
 def test_missing_weights_offline_fail_fast_naming_the_file(empty_caches, monkeypatch, name, options, filename):
     import lpips
     import timm
@@ -232,7 +235,11 @@ def test_lpips_heads_come_from_the_package(squeeze):
 
     import lpips
 
-    heads = torch.load(os.path.join(os.path.dirname(lpips.__file__), "weights", "v0.1", "squeeze.pth"), map_location="cpu", weights_only=True)
+    heads = torch.load(
+        os.path.join(os.path.dirname(lpips.__file__), "weights", "v0.1", "squeeze.pth"),
+        map_location="cpu",
+        weights_only=True,
+    )
     own = squeeze.metric.state_dict()
     for key, value in heads.items():
         torch.testing.assert_close(own[key], value)

@@ -16,14 +16,28 @@ import pixelgen
 from pixelgen.eval.generation import SAMPLING_PRESETS, class_balanced_labels, generate_class_samples
 from pixelgen.samplers import build_sampler, generate
 
-SAMPLER = {"num_steps": 3, "guidance": 2.0, "guidance_interval_min": 0.1, "guidance_interval_max": 0.9, "timeshift": 2.0}
+SAMPLER = {
+    "num_steps": 3,
+    "guidance": 2.0,
+    "guidance_interval_min": 0.1,
+    "guidance_interval_max": 0.9,
+    "timeshift": 2.0,
+}
 NUM, PER_CLASS, SHARD = 11, 3, 4  # 3 shards (4, 4, 3 images); the last class is partly filled
 
 
 def tiny_class_model(num_classes: int = 4) -> torch.nn.Module:
     model = pixelgen.build_model(
-        "jit", input_size=16, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2,
-        num_classes=num_classes, in_context_len=0, in_context_start=0,
+        "jit",
+        input_size=16,
+        patch_size=4,
+        in_channels=3,
+        hidden_size=32,
+        depth=1,
+        num_heads=2,
+        num_classes=num_classes,
+        in_context_len=0,
+        in_context_start=0,
     )
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # adaLN-Zero starts at zero; random weights make the images depend on the input
@@ -45,7 +59,16 @@ def model(checkpoint):
 
 
 def run_api(model, out, **kw):
-    args = dict(num=NUM, per_class=PER_CLASS, sampler="heun", sampler_params=SAMPLER, seed=7, batch_size=3, shard_size=SHARD, progress=False)
+    args = dict(
+        num=NUM,
+        per_class=PER_CLASS,
+        sampler="heun",
+        sampler_params=SAMPLER,
+        seed=7,
+        batch_size=3,
+        shard_size=SHARD,
+        progress=False,
+    )
     return generate_class_samples(model, out, **{**args, **kw})
 
 
@@ -58,9 +81,36 @@ def reference_file(model, tmp_path_factory):
 
 
 def cli_args(checkpoint, out, *extra):
-    return ["sample", "--checkpoint", str(checkpoint), "--out", str(out), "--num-samples", str(NUM), "--per-class", str(PER_CLASS),
-            "--sampler", "heun", "--steps", "3", "--guidance", "2", "--interval", "0.1", "0.9", "--shift", "2", "--seed", "7",
-            "--shard-size", str(SHARD), "--device", "cpu", "--no-progress", *extra]
+    return [
+        "sample",
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--num-samples",
+        str(NUM),
+        "--per-class",
+        str(PER_CLASS),
+        "--sampler",
+        "heun",
+        "--steps",
+        "3",
+        "--guidance",
+        "2",
+        "--interval",
+        "0.1",
+        "0.9",
+        "--shift",
+        "2",
+        "--seed",
+        "7",
+        "--shard-size",
+        str(SHARD),
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_set_is_ordered_class_balanced_and_in_adm_format(reference_file, model):
@@ -84,8 +134,17 @@ def test_set_is_ordered_class_balanced_and_in_adm_format(reference_file, model):
 
 def test_two_gloo_processes_with_another_batch_size_give_the_same_bytes(reference_file, checkpoint, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pixelgen.cli",
-           *cli_args(checkpoint, tmp_path / "out", "--batch-size", "2")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "pixelgen.cli",
+        *cli_args(checkpoint, tmp_path / "out", "--batch-size", "2"),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "rank 0/2" in proc.stderr and "rank 1/2" in proc.stderr  # both ranks did work
@@ -126,10 +185,36 @@ def test_class_count_checks(model, checkpoint, tmp_path, capsys):
         run_api(model, tmp_path, num=13)
     with pytest.raises(ValueError, match="has 4 classes but 1000 were asked for"):
         run_api(model, tmp_path, expected_classes=1000)
-    assert main(["sample", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "p"), "--preset", "xl_cfg", "--device", "cpu"]) == 1
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(checkpoint),
+                "--out",
+                str(tmp_path / "p"),
+                "--preset",
+                "xl_cfg",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 1
+    )
     assert "has 4 classes but 1000 were asked for" in capsys.readouterr().err
-    text_model = pixelgen.build_model("jit_t2i", input_size=16, in_channels=3, num_groups=2, hidden_size=32, num_blocks=1,
-                                      num_text_blocks=1, patch_size=8, txt_embed_dim=8, txt_max_length=4, bottleneck_dim=8)
+    text_model = pixelgen.build_model(
+        "jit_t2i",
+        input_size=16,
+        in_channels=3,
+        num_groups=2,
+        hidden_size=32,
+        num_blocks=1,
+        num_text_blocks=1,
+        patch_size=8,
+        txt_embed_dim=8,
+        txt_max_length=4,
+        bottleneck_dim=8,
+    )
     with pytest.raises(ValueError, match="text-to-image"):
         run_api(text_model, tmp_path)
     with pytest.raises(ValueError, match="at least 1"):
@@ -144,11 +229,34 @@ def test_presets_and_overrides():
     args = parser.parse_args(["--checkpoint", "c", "--out", "o", "--preset", "xl_cfg"])
     sampler, params, num, per_class, classes = _settings(args, 1000)
     assert (sampler, num, per_class, classes) == ("heun", 50_000, 50, 1000)
-    assert params == {"num_steps": 50, "exact_henu": True, "guidance": 2.25, "guidance_interval_min": 0.1, "guidance_interval_max": 0.9, "timeshift": 2.0}
+    assert params == {
+        "num_steps": 50,
+        "exact_henu": True,
+        "guidance": 2.25,
+        "guidance_interval_min": 0.1,
+        "guidance_interval_max": 0.9,
+        "timeshift": 2.0,
+    }
     build_sampler(sampler, **params)  # the sampler accepts every name
-    args = parser.parse_args(["--checkpoint", "c", "--out", "o", "--preset", "xl_nocfg", "--guidance", "1.5", "--lazy-heun", "--num-samples", "100"])
+    args = parser.parse_args(
+        [
+            "--checkpoint",
+            "c",
+            "--out",
+            "o",
+            "--preset",
+            "xl_nocfg",
+            "--guidance",
+            "1.5",
+            "--lazy-heun",
+            "--num-samples",
+            "100",
+        ]
+    )
     _, params, num, _, _ = _settings(args, 1000)
     assert params["guidance"] == 1.5 and params["exact_henu"] is False and num == 100
     assert SAMPLING_PRESETS["xl_nocfg"]["params"]["guidance"] == 1.0
-    args = parser.parse_args(["--checkpoint", "c", "--out", "o", "--per-class", "2"])  # no preset: every class of the checkpoint
+    args = parser.parse_args(
+        ["--checkpoint", "c", "--out", "o", "--per-class", "2"]
+    )  # no preset: every class of the checkpoint
     assert _settings(args, 4)[2:] == (8, 2, None)

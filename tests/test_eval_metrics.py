@@ -81,11 +81,15 @@ def test_frechet_distance_closed_forms():
     mu = rng.normal(size=30)
     delta = rng.normal(size=30)
     # equal covariances: only the means differ
-    assert frechet_distance(GaussianStats(mu, sigma), GaussianStats(mu + delta, sigma)) == pytest.approx(delta @ delta, rel=1e-9)
+    assert frechet_distance(GaussianStats(mu, sigma), GaussianStats(mu + delta, sigma)) == pytest.approx(
+        delta @ delta, rel=1e-9
+    )
     # diagonal covariances: sum of (sqrt(a) - sqrt(b))^2
     va, vb = rng.uniform(0.1, 4, 30), rng.uniform(0.0, 4, 30)
     expected = ((np.sqrt(va) - np.sqrt(vb)) ** 2).sum()
-    assert frechet_distance(GaussianStats(np.zeros(30), np.diag(va)), GaussianStats(np.zeros(30), np.diag(vb))) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(
+        GaussianStats(np.zeros(30), np.diag(va)), GaussianStats(np.zeros(30), np.diag(vb))
+    ) == pytest.approx(expected, rel=1e-9)
     assert trace_sqrt_product(sigma, sigma) == pytest.approx(np.trace(sigma), rel=1e-10)
 
 
@@ -128,7 +132,14 @@ def _brute_pr(ref: np.ndarray, gen: np.ndarray, k: int) -> tuple[float, float]:
 
 
 @settings(max_examples=20, deadline=None)
-@given(nr=st.integers(5, 40), ng=st.integers(5, 40), d=st.integers(1, 6), k=st.integers(1, 4), shift=st.floats(0, 3), seed=st.integers(0, 10_000))
+@given(
+    nr=st.integers(5, 40),
+    ng=st.integers(5, 40),
+    d=st.integers(1, 6),
+    k=st.integers(1, 4),
+    shift=st.floats(0, 3),
+    seed=st.integers(0, 10_000),
+)
 def test_precision_recall_matches_brute_force(nr, ng, d, k, shift, seed):
     rng = np.random.default_rng(seed)
     ref = rng.normal(size=(nr, d)).astype(np.float32)
@@ -225,7 +236,9 @@ def test_real_inception_architecture_with_test_made_weights(tmp_path, monkeypatc
         warnings.simplefilter("ignore")
         res = evaluate(images, images, metrics=["fid", "sfid", "is"], inception=net, cache_dir=tmp_path, progress=False)
     # 5 samples in 2048 dimensions: the square roots of ~2000 round-off eigenvalues leave ~1e-6 of the trace
-    traces = {k: np.trace(np.cov(out[v].double().numpy(), rowvar=False)) for k, v in (("fid", "pool"), ("sfid", "spatial"))}
+    traces = {
+        k: np.trace(np.cov(out[v].double().numpy(), rowvar=False)) for k, v in (("fid", "pool"), ("sfid", "spatial"))
+    }
     assert all(abs(res["metrics"][k]) < 1e-5 * traces[k] for k in traces), (res["metrics"], traces)
     assert res["settings"]["inception"] == "inception-random-3"
 
@@ -265,7 +278,11 @@ def test_reference_npz_statistics_features_cache_and_folder(tmp_path):
 
     # a statistics-only reference gives FID but not precision/recall
     np.savez(tmp_path / "only_stats.npz", mu=fake_mu, sigma=np.cov(pool, rowvar=False))
-    assert set(evaluate(samples, tmp_path / "only_stats.npz", inception=net, progress=False)["metrics"]) == {"fid", "inception_score", "inception_score_std"}
+    assert set(evaluate(samples, tmp_path / "only_stats.npz", inception=net, progress=False)["metrics"]) == {
+        "fid",
+        "inception_score",
+        "inception_score_std",
+    }
     with pytest.raises(ValueError, match="need its images"):
         evaluate(samples, tmp_path / "only_stats.npz", metrics=["pr"], inception=net, progress=False)
 
@@ -327,7 +344,25 @@ def test_eval_command_writes_json(tmp_path):
     np.savez(samples, arr_0=_images(8, 32, seed=4))
     np.savez(ref, arr_0=_images(8, 32, seed=5))
     out = tmp_path / "metrics.json"
-    rc = main(["eval", str(samples), "--ref", str(ref), "--metrics", "fid,is,pr", "--inception-weights", "random", "--cache-dir", str(tmp_path / "c"), "--out", str(out), "--no-progress", "--device", "cpu"])
+    rc = main(
+        [
+            "eval",
+            str(samples),
+            "--ref",
+            str(ref),
+            "--metrics",
+            "fid,is,pr",
+            "--inception-weights",
+            "random",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     result = json.loads(out.read_text())
     assert set(result["metrics"]) == {"fid", "inception_score", "inception_score_std", "precision", "recall"}
@@ -341,13 +376,17 @@ def test_fd_dinov2_with_a_tiny_test_made_encoder(tmp_path):
     from pixelgen.eval.dinov2 import build_dinov2_features
 
     # img_size 224: the position table already has the 16 x 16 grid, so timm's own forward must agree
-    feats = build_dinov2_features(weights="random", model_overrides=dict(embed_dim=24, depth=2, num_heads=2, init_values=1.0, img_size=224))
+    feats = build_dinov2_features(
+        weights="random", model_overrides=dict(embed_dim=24, depth=2, num_heads=2, init_values=1.0, img_size=224)
+    )
     base = _images(12, 32)
     batch = torch.from_numpy(base).permute(0, 3, 1, 2).contiguous()
     out = feats(batch)["dinov2"]
     assert out.shape == (12, 24)
     enc = feats.encoder
-    x = F.interpolate(batch.float() / 255, size=(224, 224), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    x = F.interpolate(batch.float() / 255, size=(224, 224), mode="bicubic", antialias=True, align_corners=False).clamp(
+        0, 1
+    )
     with torch.no_grad():
         cls = enc.backbone.forward_features((x - enc.mean) / enc.std)[:, 0]
     torch.testing.assert_close(out, cls)
@@ -358,10 +397,19 @@ def test_fd_dinov2_with_a_tiny_test_made_encoder(tmp_path):
         shifted = np.clip(base.astype(np.int32) + shift, 0, 255).astype(np.uint8)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = evaluate(shifted, tmp_path / "ref.npz", metrics=["fd_dinov2"], dinov2=feats, cache_dir=tmp_path / "cache", progress=False)
+            res = evaluate(
+                shifted,
+                tmp_path / "ref.npz",
+                metrics=["fd_dinov2"],
+                dinov2=feats,
+                cache_dir=tmp_path / "cache",
+                progress=False,
+            )
         values.append(res["metrics"]["fd_dinov2"])
     assert abs(values[0]) < 1e-6 and values[0] < values[1] < values[2], values
     assert res["settings"]["dinov2"] == feats.tag and feats.tag.startswith("dinov2_vitb14-random0-")
     assert len(list((tmp_path / "cache").glob(f"ref-*-{feats.tag}.npz"))) == 1  # reference statistics cached once
-    again = build_dinov2_features(weights="random", model_overrides=dict(embed_dim=24, depth=2, num_heads=2, init_values=1.0, img_size=224))
+    again = build_dinov2_features(
+        weights="random", model_overrides=dict(embed_dim=24, depth=2, num_heads=2, init_values=1.0, img_size=224)
+    )
     assert again.tag == feats.tag and torch.equal(again(batch)["dinov2"], out)  # seeded random weights

@@ -5,10 +5,10 @@ import pathlib
 
 import pytest
 import torch
+from plugin_utils import on_path, write_dist_info
 
 from pixelgen import build_model, list_models
 from pixelgen.registry import plugin_errors, registries
-from plugin_utils import on_path, write_dist_info
 
 try:
     import tomllib

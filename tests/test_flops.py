@@ -74,7 +74,10 @@ def test_dinov2_and_lpips_counts_at_full_size(meta_inputs):
     _unfuse(dino)
     assert counted(lambda: dino(x, check_range=False)) == dinov2_flops(batch=2).forward
     x_grad = x.clone().requires_grad_()
-    assert counted(lambda: dino(x_grad, check_range=False).sum().backward()) == dinov2_flops(batch=2, input_grad=True).total
+    assert (
+        counted(lambda: dino(x_grad, check_range=False).sum().backward())
+        == dinov2_flops(batch=2, input_grad=True).total
+    )
     assert counted(lambda: lpips(x, x, check_range=False)) == lpips_vgg_flops(batch=2, pred_grad=False).total
     assert counted(lambda: lpips(x_grad, x, check_range=False).sum().backward()) == lpips_vgg_flops(batch=2).total
 
@@ -82,8 +85,19 @@ def test_dinov2_and_lpips_counts_at_full_size(meta_inputs):
 def test_tiny_training_step_count_end_to_end():
     """The objective's real work on CPU (gated LPIPS subset, P-DINO on all, shared clean DINOv2 pass)."""
     torch.manual_seed(0)
-    model = build_model("jit", input_size=32, patch_size=16, hidden_size=32, depth=2, num_heads=2, num_classes=10,
-                        bottleneck_dim=8, in_context_len=2, in_context_start=1, attention_backend="math")
+    model = build_model(
+        "jit",
+        input_size=32,
+        patch_size=16,
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        num_classes=10,
+        bottleneck_dim=8,
+        in_context_len=2,
+        in_context_start=1,
+        attention_backend="math",
+    )
     dino = build_encoder("dinov2_vitb14", "random", model_overrides=TINY_DINO)
     _unfuse(dino)
     lpips = build_encoder("lpips", "random", net="vgg")
@@ -102,7 +116,9 @@ def test_tiny_training_step_count_end_to_end():
 
 def test_bad_arguments_fail_clearly():
     with pytest.raises(ValueError, match="multiple of the patch size"):
-        jit_flops(dict(input_size=256, patch_size=16, in_channels=3, hidden_size=64, depth=1, num_heads=1), image_size=250)
+        jit_flops(
+            dict(input_size=256, patch_size=16, in_channels=3, hidden_size=64, depth=1, num_heads=1), image_size=250
+        )
     with pytest.raises(KeyError, match="lacks"):
         jit_flops({"input_size": 256})
     with pytest.raises(KeyError, match="ViT-g"):

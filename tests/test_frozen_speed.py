@@ -16,7 +16,9 @@ def test_lpips_channels_last_gives_the_same_distances_and_gradients(net):
     fast = build_encoder("lpips", "random", net=net, channels_last=True)
     fast.load_state_dict(plain.state_dict())
     convs = [m for m in fast.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs if c.kernel_size != (1, 1))
+    assert convs and all(
+        c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs if c.kernel_size != (1, 1)
+    )
     target, _ = images(batch=3, size=64)
     pred = (target + 0.2 * torch.randn_like(target)).requires_grad_()
     expected = plain(pred, target)

@@ -23,8 +23,16 @@ def randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def class_model():
     return randomised(
         pixelgen.build_model(
-            "jit", input_size=16, patch_size=4, in_channels=3, hidden_size=48, depth=2, num_heads=2,
-            num_classes=7, in_context_len=0, in_context_start=0,
+            "jit",
+            input_size=16,
+            patch_size=4,
+            in_channels=3,
+            hidden_size=48,
+            depth=2,
+            num_heads=2,
+            num_classes=7,
+            in_context_len=0,
+            in_context_start=0,
         )
     )
 
@@ -33,8 +41,17 @@ def class_model():
 def text_model():
     return randomised(
         pixelgen.build_model(
-            "jit_t2i", input_size=16, in_channels=3, num_groups=2, hidden_size=32, num_blocks=1,
-            num_text_blocks=1, patch_size=8, txt_embed_dim=8, txt_max_length=4, bottleneck_dim=8,
+            "jit_t2i",
+            input_size=16,
+            in_channels=3,
+            num_groups=2,
+            hidden_size=32,
+            num_blocks=1,
+            num_text_blocks=1,
+            patch_size=8,
+            txt_embed_dim=8,
+            txt_max_length=4,
+            bottleneck_dim=8,
         )
     )
 
@@ -43,14 +60,18 @@ LABELS = [0, 3, 6, 1, 5, 2, 4]
 
 
 def guided_heun():
-    return build_sampler("heun", num_steps=4, timeshift=2.0, guidance=2.25, guidance_interval_min=0.1, guidance_interval_max=0.9)
+    return build_sampler(
+        "heun", num_steps=4, timeshift=2.0, guidance=2.25, guidance_interval_min=0.1, guidance_interval_max=0.9
+    )
 
 
 def test_images_do_not_depend_on_batch_size_or_work_split(class_model):
     whole = generate(class_model, LABELS, sampler=guided_heun(), seed=3, batch_size=7, progress=False)
     single = generate(class_model, LABELS, sampler=guided_heun(), seed=3, batch_size=1, progress=False)
     first = generate(class_model, LABELS[:4], sampler=guided_heun(), seed=3, batch_size=3, progress=False)
-    second = generate(class_model, LABELS[4:], sampler=guided_heun(), seed=3, batch_size=2, progress=False, start_index=4)
+    second = generate(
+        class_model, LABELS[4:], sampler=guided_heun(), seed=3, batch_size=2, progress=False, start_index=4
+    )
     assert whole.shape == (7, 3, 16, 16) and whole.dtype == torch.uint8 and whole.device.type == "cpu"
     assert whole.float().std() > 10  # real images, not a constant
     assert torch.equal(whole, single)
@@ -101,7 +122,9 @@ def test_text_model_needs_uncond_when_guided(text_model):
     with pytest.raises(ValueError, match="needs uncond"):
         generate(text_model, embeddings, sampler=sampler, progress=False)
     whole = generate(text_model, embeddings, sampler=sampler, uncond=empty, batch_size=3, progress=False)
-    single = generate(text_model, embeddings, sampler=sampler, uncond=empty[None].expand(3, 4, 8), batch_size=1, progress=False)
+    single = generate(
+        text_model, embeddings, sampler=sampler, uncond=empty[None].expand(3, 4, 8), batch_size=1, progress=False
+    )
     assert whole.shape == (3, 3, 16, 16) and torch.equal(whole, single)
     # Unguided sampling needs no unconditional embedding.
     generate(text_model, embeddings, sampler=euler(2), progress=False)

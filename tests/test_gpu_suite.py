@@ -33,6 +33,7 @@ def suite():
 @pytest.fixture
 def failing_xformers(monkeypatch):
     """An installed xformers whose memory_efficient_attention finds no operator (the GPU machine's case)."""
+
     def memory_efficient_attention(q, k, v, p=0.0):
         raise NotImplementedError("No operator found for `memory_efficient_attention_forward` with inputs: ...")
 
@@ -51,7 +52,9 @@ def _rows(report, section):
 
 
 def test_tiny_suite_writes_every_section(suite, tmp_path, failing_xformers):
-    report = suite.main(["--out", str(tmp_path), "--tiny", "--device", "cpu", "--peak-tflops", "1", "--steps", "1", "--warmup", "1"])
+    report = suite.main(
+        ["--out", str(tmp_path), "--tiny", "--device", "cpu", "--peak-tflops", "1", "--steps", "1", "--warmup", "1"]
+    )
     saved = json.loads((tmp_path / "suite.json").read_text())
     assert saved["results"] == json.loads(json.dumps(report["results"], default=str))
     assert "errors" not in saved and not saved["skipped"]
@@ -98,21 +101,39 @@ def test_tiny_suite_writes_every_section(suite, tmp_path, failing_xformers):
     sample = _rows(saved, "sample")
     assert set(sample) == {f"sample Heun-3 {s} ({v})" for s in ("unguided", "guided") for v in ("eager", "cuda graphs")}
     per_row = jit_flops(config).forward
-    for name, row in sample.items():
+    for _name, row in sample.items():
         assert row["flops_per_image"] == pytest.approx(row["rows_per_image"] * per_row)
         assert row["rel_err_vs_eager"] == 0.0  # CPU: the graph wrapper is a plain call
     assert sample["sample Heun-3 unguided (eager)"]["rows_per_image"] == 5  # 2·3 − 1 evaluations, one row each
     assert sample["sample Heun-3 guided (eager)"]["rows_per_image"] > 5
 
     markdown = (tmp_path / "suite.md").read_text()
-    assert "| what | ms | images/s |" in markdown and "train FM+REPA (eager)" in markdown and "## Correctness" in markdown
+    assert (
+        "| what | ms | images/s |" in markdown and "train FM+REPA (eager)" in markdown and "## Correctness" in markdown
+    )
     profiles = (tmp_path / "profiles.txt").read_text()
     assert "== train_eager" in profiles and "== sample_eager" in profiles
 
 
 def test_compiled_variants_and_budget(suite, tmp_path):
-    report = suite.main(["--out", str(tmp_path), "--tiny", "--device", "cpu", "--sections", "sample", "--compile", "on",
-                         "--compile-backend", "eager", "--sample-variants", "eager,compiled", "--no-profile"])
+    report = suite.main(
+        [
+            "--out",
+            str(tmp_path),
+            "--tiny",
+            "--device",
+            "cpu",
+            "--sections",
+            "sample",
+            "--compile",
+            "on",
+            "--compile-backend",
+            "eager",
+            "--sample-variants",
+            "eager,compiled",
+            "--no-profile",
+        ]
+    )
     names = [row["name"] for row in report["results"]]
     assert names == [f"sample Heun-3 {s} ({v})" for v in ("eager", "compiled") for s in ("unguided", "guided")]
     assert all(row["ok_vs_eager"] for row in report["results"])

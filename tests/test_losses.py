@@ -46,7 +46,16 @@ def make_ctx(batch=4, size=32, t=None, encoders=None, feature_dim=8, seed=0, gat
     x_hat = (x + 0.3 * torch.randn(x.shape, generator=g)).requires_grad_(True)
     tokens = (size // 16) ** 2
     feature = torch.randn(batch, tokens, feature_dim, generator=g, requires_grad=True)
-    return LossContext(x=x, raw=raw, x_t=interpolate(x, noise, t), t=t, x_hat=x_hat, feature=feature, gate=gate, encoders=encoders or {})
+    return LossContext(
+        x=x,
+        raw=raw,
+        x_t=interpolate(x, noise, t),
+        t=t,
+        x_hat=x_hat,
+        feature=feature,
+        gate=gate,
+        encoders=encoders or {},
+    )
 
 
 # -- path and time sampling -----------------------------------------------------------------------------
@@ -105,7 +114,9 @@ def test_label_dropout():
     y = torch.arange(8)
     assert torch.equal(drop_condition(y, 0.0, null_label=1000), y)
     assert torch.equal(drop_condition(y, 1.0, null_label=1000), torch.full_like(y, 1000))
-    many = drop_condition(torch.zeros(100_000, dtype=torch.long), 0.1, null_label=7, generator=torch.Generator().manual_seed(0))
+    many = drop_condition(
+        torch.zeros(100_000, dtype=torch.long), 0.1, null_label=7, generator=torch.Generator().manual_seed(0)
+    )
     assert abs(float((many == 7).float().mean()) - 0.1) < 0.005
     with pytest.raises(ValueError, match="null_label"):
         drop_condition(y, 0.5)
@@ -207,7 +218,9 @@ def test_pdino_original_mode_reproduces_the_upstream_broadcast(dino):
     torch.testing.assert_close(PDinoTerm("original")(ctx), 1 - broadcast)
     torch.testing.assert_close(PDinoTerm("original")(ctx), 1 - cos.mean())
 
-    none = make_ctx(t=torch.full((4,), 0.1), gate=torch.zeros(4, dtype=torch.bool), encoders={"dinov2": CallRecorder(dino)})
+    none = make_ctx(
+        t=torch.full((4,), 0.1), gate=torch.zeros(4, dtype=torch.bool), encoders={"dinov2": CallRecorder(dino)}
+    )
     value = PDinoTerm("original")(none)
     assert float(value) == 1.0 and not value.requires_grad and none.encoders["dinov2"].batch_sizes == []
 

@@ -140,7 +140,9 @@ def test_axial_rope_angles_and_identity_prefix():
     head_dim, gh, gw, prefix = 16, 3, 5, 2
     table = axial_rope_2d(head_dim, gh, gw, prefix_len=prefix)
     assert table.cos.shape == (prefix + gh * gw, head_dim // 2)
-    assert torch.equal(table.cos[:prefix], torch.ones(prefix, 8)) and torch.equal(table.sin[:prefix], torch.zeros(prefix, 8))
+    assert torch.equal(table.cos[:prefix], torch.ones(prefix, 8)) and torch.equal(
+        table.sin[:prefix], torch.zeros(prefix, 8)
+    )
     freqs = [10000.0 ** (-4 * m / head_dim) for m in range(head_dim // 4)]
     for r, c in [(0, 0), (1, 4), (2, 3)]:
         n = prefix + r * gw + c

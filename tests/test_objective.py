@@ -24,7 +24,9 @@ def lpips_net():
 
 def objective(dino, lpips_net, preset="pixelgen", hidden_size=32, **overrides) -> Objective:
     torch.manual_seed(0)
-    return build_objective(preset, hidden_size=hidden_size, align_layer=1, encoders={"dinov2": dino, "lpips": lpips_net}, **overrides)
+    return build_objective(
+        preset, hidden_size=hidden_size, align_layer=1, encoders={"dinov2": dino, "lpips": lpips_net}, **overrides
+    )
 
 
 def batch(size=4, seed=0, dtype=torch.float32):
@@ -40,7 +42,9 @@ def test_contract_outputs_named_scalars_and_a_weighted_total(dino, lpips_net):
     assert all(v.ndim == 0 for v in out.values())
     assert [k for k, v in out.items() if v.requires_grad] == ["loss"]
     assert obj.weights == {"flow_matching": 1.0, "repa": 0.5, "lpips": 0.1, "pdino": 0.01}
-    expected = out["flow_matching"] + 0.5 * out["repa"] + out["percept_weight"] * (0.1 * out["lpips"] + 0.01 * out["pdino"])
+    expected = (
+        out["flow_matching"] + 0.5 * out["repa"] + out["percept_weight"] * (0.1 * out["lpips"] + 0.01 * out["pdino"])
+    )
     torch.testing.assert_close(out["loss"].detach(), expected)
     out["loss"].backward()
     assert model.final_layer.linear.weight.grad.abs().sum() > 0
@@ -64,7 +68,9 @@ def test_frozen_encoders_stay_out_of_state_dict_and_parameters_but_move_with_the
 def _gating_run(dino, lpips_net, t, compute, pdino_gating="intended", **overrides):
     """(outputs, grads of x̂'s producer and the projector, encoder batch sizes) for fixed t and noise."""
     dino_rec, lpips_rec = CallRecorder(dino), CallRecorder(lpips_net)
-    obj = objective(dino_rec, lpips_rec, hidden_size=16, gating_compute=compute, pdino_gating=pdino_gating, **overrides).double()
+    obj = objective(
+        dino_rec, lpips_rec, hidden_size=16, gating_compute=compute, pdino_gating=pdino_gating, **overrides
+    ).double()
     torch.manual_seed(0)
     model = StubC2I(hidden_size=16).double()
     b = batch(len(t), dtype=torch.float64)
@@ -134,13 +140,22 @@ def test_pdino_gating_modes_through_the_objective(dino64, lpips64):
     torch.testing.assert_close(intended["pdino"], (1 - cos[[1, 3]]).mean())  # the masked mean
     original, *_ = _gating_run(dino64, lpips64, t, "subset", pdino_gating="original")
     torch.testing.assert_close(original["pdino"], (1 - cos).mean())  # §4.7: all samples count
-    none, _, dino_calls, _ = _gating_run(dino64, lpips64, torch.tensor([0.1, 0.2, 0.05]), "subset", pdino_gating="original")
+    none, _, dino_calls, _ = _gating_run(
+        dino64, lpips64, torch.tensor([0.1, 0.2, 0.05]), "subset", pdino_gating="original"
+    )
     assert float(none["pdino"]) == 1.0 and dino_calls == [3]  # constant 1: only REPA's clean pass ran
     assert objective(dino64, lpips64).terms["pdino"].gating == "original"  # the preset default stays faithful
 
 
 def test_presets_reproduce_the_ablation_ladder(dino, lpips_net):
-    assert set(list_presets()) >= {"jit_repa", "jit_repa_lpips", "jit_repa_lpips_pdino", "pixelgen", "+lpips", "+lpips+pdino"}
+    assert set(list_presets()) >= {
+        "jit_repa",
+        "jit_repa_lpips",
+        "jit_repa_lpips_pdino",
+        "pixelgen",
+        "+lpips",
+        "+lpips+pdino",
+    }
     base = objective(dino, lpips_net, "jit_repa")
     assert list(base.terms) == ["flow_matching", "repa"] and list(base.encoders) == ["dinov2"]
     plus = build_objective("+lpips", hidden_size=32, encoders={"dinov2": dino, "lpips": lpips_net})
@@ -170,7 +185,9 @@ def test_build_objective_errors_are_clear(dino, lpips_net):
 
 
 def test_balancer_state_round_trips_through_the_state_dict(tmp_path, dino, lpips_net):
-    obj = objective(dino, lpips_net, balancer={"start_step": 10, "every": 5}, percept_t_threshold=0.0)  # always gated in
+    obj = objective(
+        dino, lpips_net, balancer={"start_step": 10, "every": 5}, percept_t_threshold=0.0
+    )  # always gated in
     model = tiny_jit()
     for step in (5, 10, 12, 15):
         out = obj(model, batch(), step=step, generator=torch.Generator().manual_seed(step))
@@ -188,7 +205,11 @@ def test_balancer_state_round_trips_through_the_state_dict(tmp_path, dino, lpips
 
 def test_upstream_projector_weights_load(dino, lpips_net):
     obj = objective(dino, lpips_net)
-    upstream = {f"diffusion_trainer.{k[len('terms.repa.'):]}": torch.randn_like(v) for k, v in obj.state_dict().items() if k.startswith("terms.repa.")}
+    upstream = {
+        f"diffusion_trainer.{k[len('terms.repa.') :]}": torch.randn_like(v)
+        for k, v in obj.state_dict().items()
+        if k.startswith("terms.repa.")
+    }
     obj.load_upstream_state(upstream)
     torch.testing.assert_close(obj.terms["repa"].proj[0][4].weight, upstream["diffusion_trainer.proj.0.4.weight"])
 

@@ -11,7 +11,13 @@ import torch
 from PIL import Image
 
 import pixelgen
-from pixelgen.eval.prompt_sets import generate_dpg, generate_geneval, original_noise, read_dpg_prompts, read_geneval_metadata
+from pixelgen.eval.prompt_sets import (
+    generate_dpg,
+    generate_geneval,
+    original_noise,
+    read_dpg_prompts,
+    read_geneval_metadata,
+)
 from pixelgen.samplers import build_sampler
 from pixelgen.samplers.generate import to_uint8
 
@@ -33,8 +39,19 @@ class StandInEncoder:
 
 @pytest.fixture(scope="module")
 def text_model():
-    model = pixelgen.build_model("jit_t2i", input_size=16, in_channels=3, num_groups=2, hidden_size=32, num_blocks=1,
-                                 num_text_blocks=1, patch_size=8, txt_embed_dim=8, txt_max_length=4, bottleneck_dim=8)
+    model = pixelgen.build_model(
+        "jit_t2i",
+        input_size=16,
+        in_channels=3,
+        num_groups=2,
+        hidden_size=32,
+        num_blocks=1,
+        num_text_blocks=1,
+        patch_size=8,
+        txt_embed_dim=8,
+        txt_max_length=4,
+        bottleneck_dim=8,
+    )
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
@@ -45,7 +62,9 @@ def text_model():
 @pytest.fixture
 def metadata(tmp_path):
     path = tmp_path / "evaluation_metadata.jsonl"
-    lines = [json.dumps({"tag": "single_object", "include": [{"class": "cat", "count": 1}], "prompt": p}) for p in PROMPTS]
+    lines = [
+        json.dumps({"tag": "single_object", "include": [{"class": "cat", "count": 1}], "prompt": p}) for p in PROMPTS
+    ]
     path.write_text("\n".join(lines) + "\n\n")
     return path
 
@@ -65,7 +84,9 @@ def expected_image(model, encoder, prompt: str, seed: int) -> np.ndarray:
 
 def test_geneval_layout_images_and_metadata(text_model, metadata, tmp_path):
     encoder = StandInEncoder()
-    out = generate_geneval(text_model, encoder, metadata, tmp_path / "geneval", batch_size=5, progress=False, **SAMPLING)
+    out = generate_geneval(
+        text_model, encoder, metadata, tmp_path / "geneval", batch_size=5, progress=False, **SAMPLING
+    )
     assert encoder.seen.count("") == 1  # the unconditional prompt is encoded once per run, not per batch row
     folders = sorted(p.name for p in out.iterdir())
     assert folders == ["00000", "00001", "00002"]
@@ -81,8 +102,12 @@ def test_geneval_layout_images_and_metadata(text_model, metadata, tmp_path):
 
 
 def test_geneval_is_batch_independent_and_resumes(text_model, metadata, tmp_path):
-    a = generate_geneval(text_model, StandInEncoder(), metadata, tmp_path / "a", batch_size=12, progress=False, **SAMPLING)
-    b = generate_geneval(text_model, StandInEncoder(), metadata, tmp_path / "b", batch_size=1, progress=False, **SAMPLING)
+    a = generate_geneval(
+        text_model, StandInEncoder(), metadata, tmp_path / "a", batch_size=12, progress=False, **SAMPLING
+    )
+    b = generate_geneval(
+        text_model, StandInEncoder(), metadata, tmp_path / "b", batch_size=1, progress=False, **SAMPLING
+    )
     files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
     assert len(files) == 12
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
@@ -100,7 +125,10 @@ def test_dpg_tiles_four_seeds_two_by_two(text_model, tmp_path):
     (prompts / "partiprompts12.txt").write_text("a red bicycle leaning on a wall\nsecond line is ignored\n")
     (prompts / "7.txt").write_text("an owl reading a book")
     items = read_dpg_prompts(prompts)
-    assert [(i.key, i.prompt) for i in items] == [("7", "an owl reading a book"), ("partiprompts12", "a red bicycle leaning on a wall")]
+    assert [(i.key, i.prompt) for i in items] == [
+        ("7", "an owl reading a book"),
+        ("partiprompts12", "a red bicycle leaning on a wall"),
+    ]
     encoder = StandInEncoder()
     out = generate_dpg(text_model, encoder, prompts, tmp_path / "dpg", batch_size=3, progress=False, **SAMPLING)
     assert sorted(p.name for p in out.iterdir()) == ["7.png", "partiprompts12.png"]
@@ -138,9 +166,21 @@ def test_input_checks(text_model, tmp_path):
     with pytest.raises(ValueError, match="not a square number"):
         generate_dpg(text_model, StandInEncoder(), empty, tmp_path / "o", seeds=(0, 1, 2), progress=False, **SAMPLING)
     with pytest.raises(ValueError, match=r"\(B, L, D\) float embeddings"):
-        generate_dpg(text_model, lambda prompts: torch.zeros(len(prompts), 8), empty, tmp_path / "o", progress=False, **SAMPLING)
-    class_model = pixelgen.build_model("jit", input_size=16, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2,
-                                       num_classes=3, in_context_len=0, in_context_start=0)
+        generate_dpg(
+            text_model, lambda prompts: torch.zeros(len(prompts), 8), empty, tmp_path / "o", progress=False, **SAMPLING
+        )
+    class_model = pixelgen.build_model(
+        "jit",
+        input_size=16,
+        patch_size=4,
+        in_channels=3,
+        hidden_size=32,
+        depth=1,
+        num_heads=2,
+        num_classes=3,
+        in_context_len=0,
+        in_context_start=0,
+    )
     with pytest.raises(ValueError, match="text-to-image model"):
         generate_dpg(class_model, StandInEncoder(), empty, tmp_path / "o", progress=False)
     with pytest.raises(ValueError, match="distinct non-negative"):
@@ -151,14 +191,38 @@ def test_sample_command_writes_prompt_sets_with_a_real_text_encoder(metadata, tm
     """`pixelgen sample --geneval/--dpg` on a saved T2I checkpoint with the tiny random Qwen3 encoder."""
     from pixelgen.cli import main
 
-    model = pixelgen.build_model("jit_t2i", input_size=16, in_channels=3, num_groups=2, hidden_size=32, num_blocks=1,
-                                 num_text_blocks=1, patch_size=8, txt_embed_dim=64, txt_max_length=8, bottleneck_dim=8)
+    model = pixelgen.build_model(
+        "jit_t2i",
+        input_size=16,
+        in_channels=3,
+        num_groups=2,
+        hidden_size=32,
+        num_blocks=1,
+        num_text_blocks=1,
+        patch_size=8,
+        txt_embed_dim=64,
+        txt_max_length=8,
+        bottleneck_dim=8,
+    )
     pixelgen.save_pretrained(model, tmp_path / "t2i")
-    common = ["--checkpoint", str(tmp_path / "t2i"), "--text-encoder", "qwen3_tiny_random", "--steps", "2", "--device", "cpu", "--no-progress"]
+    common = [
+        "--checkpoint",
+        str(tmp_path / "t2i"),
+        "--text-encoder",
+        "qwen3_tiny_random",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert main(["sample", *common, "--geneval", str(metadata), "--out", str(tmp_path / "g")]) == 0
     assert len(list((tmp_path / "g").rglob("*.png"))) == 12
     prompts = tmp_path / "dpg_prompts"
     prompts.mkdir()
     (prompts / "0.txt").write_text("a cat")
-    assert main(["sample", *common, "--dpg", str(prompts), "--out", str(tmp_path / "d"), "--negative-prompt", "blurry"]) == 0
+    assert (
+        main(["sample", *common, "--dpg", str(prompts), "--out", str(tmp_path / "d"), "--negative-prompt", "blurry"])
+        == 0
+    )
     assert read_png(tmp_path / "d" / "0.png").shape == (32, 32, 3)

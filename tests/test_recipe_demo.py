@@ -34,17 +34,35 @@ def test_default_preset_is_the_papers_xl_run(recipe, capsys):
     assert cfg["model"]["name"] == "pixelgen_xl_16" and cfg["objective"]["preset"] == "pixelgen"
     assert cfg["max_steps"] == 800_000 and cfg["seed"] == 1234 and cfg["data"]["batch_size"] == 32
     o = cfg["optim"]
-    assert (o["lr"], tuple(o["betas"]), o["eps"], o["weight_decay"], o["warmup_steps"], o["grad_clip"]) == (1e-4, (0.9, 0.999), 1e-8, 0.0, 0, None)
+    assert (o["lr"], tuple(o["betas"]), o["eps"], o["weight_decay"], o["warmup_steps"], o["grad_clip"]) == (
+        1e-4,
+        (0.9, 0.999),
+        1e-8,
+        0.0,
+        0,
+        None,
+    )
     assert cfg["ema_decay"] == 0.9999 and cfg["data"]["flip"] is False and cfg["data"]["resolution"] == 256
     s = cfg["sample"]
-    assert s["sampler"] == "heun" and s["params"] == {"num_steps": 50, "timeshift": 2.0, "guidance": 2.25, "guidance_interval_min": 0.1,
-                                                        "guidance_interval_max": 0.9, "exact_henu": True}
+    assert s["sampler"] == "heun" and s["params"] == {
+        "num_steps": 50,
+        "timeshift": 2.0,
+        "guidance": 2.25,
+        "guidance_interval_min": 0.1,
+        "guidance_interval_max": 0.9,
+        "exact_henu": True,
+    }
 
 
 @pytest.mark.parametrize(
     "preset, model, objective",
-    [("pixelgen_l", "pixelgen_l_16", "pixelgen"), ("jit_l_baseline", "jit_l_16", "jit_repa"), ("jit_repa", "pixelgen_l_16", "jit_repa"),
-     ("+lpips", "pixelgen_l_16", "jit_repa_lpips"), ("+lpips+pdino", "pixelgen_l_16", "jit_repa_lpips_pdino")],
+    [
+        ("pixelgen_l", "pixelgen_l_16", "pixelgen"),
+        ("jit_l_baseline", "jit_l_16", "jit_repa"),
+        ("jit_repa", "pixelgen_l_16", "jit_repa"),
+        ("+lpips", "pixelgen_l_16", "jit_repa_lpips"),
+        ("+lpips+pdino", "pixelgen_l_16", "jit_repa_lpips_pdino"),
+    ],
 )
 def test_l16_presets_and_the_ablation_ladder(recipe, capsys, preset, model, objective):
     cfg = resolved(recipe, capsys, "--preset", preset)
@@ -56,9 +74,27 @@ def test_l16_presets_and_the_ablation_ladder(recipe, capsys, preset, model, obje
 
 
 def test_overrides_and_run_flags(recipe, capsys, tmp_path):
-    cfg = resolved(recipe, capsys, "--preset", "pixelgen_l", "--set", "optim.lr=2e-4", "--set", "data.batch_size=16",
-                   "--set", "model.overrides.proj_drop=0.0", "--out", str(tmp_path), "--data", str(tmp_path))
-    assert cfg["optim"]["lr"] == 2e-4 and cfg["data"]["batch_size"] == 16 and cfg["model"]["overrides"] == {"proj_drop": 0.0}
+    cfg = resolved(
+        recipe,
+        capsys,
+        "--preset",
+        "pixelgen_l",
+        "--set",
+        "optim.lr=2e-4",
+        "--set",
+        "data.batch_size=16",
+        "--set",
+        "model.overrides.proj_drop=0.0",
+        "--out",
+        str(tmp_path),
+        "--data",
+        str(tmp_path),
+    )
+    assert (
+        cfg["optim"]["lr"] == 2e-4
+        and cfg["data"]["batch_size"] == 16
+        and cfg["model"]["overrides"] == {"proj_drop": 0.0}
+    )
     assert cfg["out_dir"] == str(tmp_path) and cfg["data"]["root"] == str(tmp_path)
 
 
@@ -73,11 +109,14 @@ def _flat_folder(p: Path) -> Path:
     return p / "flat"
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: None, "No training data given"),
-    (lambda p: p / "missing", "does not exist"),
-    (_flat_folder, "no class folders"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: None, "No training data given"),
+        (lambda p: p / "missing", "does not exist"),
+        (_flat_folder, "no class folders"),
+    ],
+)
 def test_missing_or_malformed_imagenet_folder_is_reported(recipe, capsys, tmp_path, make, message):
     root = make(tmp_path)
     args = ["--out", str(tmp_path / "run")] + (["--data", str(root)] if root is not None else [])
@@ -89,8 +128,20 @@ def test_missing_or_malformed_imagenet_folder_is_reported(recipe, capsys, tmp_pa
 
 def test_demo_runs_end_to_end_and_leaves_its_outputs(recipe, capsys, caplog, tmp_path):
     out = tmp_path / "demo"
-    fast = ["--set", "max_steps=6", "--set", "data.batch_size=8", "--set", "sample.params.num_steps=2", "--set", "sample.num_images=4",
-            "--set", "log_every=2", "--set", "ckpt_every=4"]
+    fast = [
+        "--set",
+        "max_steps=6",
+        "--set",
+        "data.batch_size=8",
+        "--set",
+        "sample.params.num_steps=2",
+        "--set",
+        "sample.num_images=4",
+        "--set",
+        "log_every=2",
+        "--set",
+        "ckpt_every=4",
+    ]
     with caplog.at_level(logging.WARNING, logger="pixelgen.recipe"):
         assert recipe.main(["--demo", "--out", str(out), *fast]) == 0
     summary = json.loads(capsys.readouterr().out)

@@ -2,9 +2,9 @@ import logging
 import textwrap
 
 import pytest
+from plugin_utils import on_path, write_dist_info
 
 from pixelgen.registry import Registry, plugin_errors, registries
-from plugin_utils import on_path, write_dist_info
 
 
 def test_register_build_list_and_overrides():
@@ -57,25 +57,30 @@ def test_duplicate_name_needs_override():
 def test_registries_expose_kinds():
     assert {"backbone", "sampler", "loss", "encoder", "conditioner", "dataset"} <= set(registries.kinds())
     with pytest.raises(AttributeError, match="No registry of kind 'bogus'"):
-        registries.bogus
+        _ = registries.bogus
 
 
 def test_entry_point_plugins_load_and_broken_one_is_reported(tmp_path, caplog):
     pkg = tmp_path / "good_plugin_pkg"
     pkg.mkdir()
-    (pkg / "__init__.py").write_text(textwrap.dedent("""
+    (pkg / "__init__.py").write_text(
+        textwrap.dedent("""
         import pixelgen
 
         @pixelgen.hookimpl
         def pixelgen_register(registries):
             registries.sampler.register("test_good_sampler")(lambda **kw: ("good", kw))
-    """))
+    """)
+    )
     bad = tmp_path / "bad_plugin_pkg"
     bad.mkdir()
     (bad / "__init__.py").write_text("raise ImportError('this plugin is deliberately broken')\n")
     write_dist_info(tmp_path, "good-plugin", {"good": "good_plugin_pkg"})
     write_dist_info(tmp_path, "bad-plugin", {"broken": "bad_plugin_pkg"})
-    with caplog.at_level(logging.WARNING, logger="pixelgen.registry"), on_path(tmp_path, modules=("good_plugin_pkg", "bad_plugin_pkg")):
+    with (
+        caplog.at_level(logging.WARNING, logger="pixelgen.registry"),
+        on_path(tmp_path, modules=("good_plugin_pkg", "bad_plugin_pkg")),
+    ):
         assert registries.sampler.build("test_good_sampler", a=1) == ("good", {"a": 1})
         assert registries.sampler.get("test_good_sampler").source == "plugin:good"
         errs = plugin_errors()

@@ -168,7 +168,13 @@ def test_lazy_heun_costs_n_calls_and_exact_costs_2n_minus_1():
 
 def test_paper_xl_setting_guides_38_of_50_steps():
     sampler = build_sampler(
-        "heun", num_steps=50, timeshift=2.0, guidance=2.25, guidance_interval_min=0.1, guidance_interval_max=0.9, exact_henu=True
+        "heun",
+        num_steps=50,
+        timeshift=2.0,
+        guidance=2.25,
+        guidance_interval_min=0.1,
+        guidance_interval_max=0.9,
+        exact_henu=True,
     )
     assert sum(sampler.guided_steps()) == 38
     rec = Recorder()
@@ -365,4 +371,7 @@ def test_one_non_finite_value_anywhere_is_caught(bad):
 
     with pytest.raises(FloatingPointError, match="at step 2"):
         sampler(one_bad_value, torch.zeros(2, 5), torch.tensor([0, 1]))
-    assert torch.equal(sampler(lambda x, t, c: torch.zeros_like(x), torch.zeros(0, 5), torch.zeros(0, dtype=torch.long)), torch.zeros(0, 5))
+    assert torch.equal(
+        sampler(lambda x, t, c: torch.zeros_like(x), torch.zeros(0, 5), torch.zeros(0, dtype=torch.long)),
+        torch.zeros(0, 5),
+    )

@@ -147,7 +147,9 @@ def test_other_resolutions_and_input_checks(model, encoder):
 def test_trajectory_frames(model, encoder, tmp_path):
     from pixelgen.conditioners.pipeline import save_trajectory_gif
 
-    result = TextToImagePipeline(model, encoder)(["a castle"], num_images_per_prompt=2, num_steps=5, return_trajectory=True)
+    result = TextToImagePipeline(model, encoder)(
+        ["a castle"], num_images_per_prompt=2, num_steps=5, return_trajectory=True
+    )
     assert result.trajectories.shape == (2, 6, 3, 16, 16)
     assert torch.equal(result.trajectories[:, -1], result.images)
     gif = Image.open(save_trajectory_gif(result.trajectories[0], tmp_path / "t.gif"))
@@ -209,8 +211,20 @@ def test_stage_presets():
     }
     for stage, (res, batch, accum, lr, betas, steps, dataset, sampler) in expected.items():
         c = t2i.stage_config(stage)
-        assert (c.data.resolution, c.data.batch_size, c.optim.grad_accum, c.optim.lr, tuple(c.optim.betas)) == (res, batch, accum, lr, betas)
-        assert (c.max_steps, c.data.dataset, c.sample.sampler, c.optim.grad_clip, c.optim.weight_decay) == (steps, dataset, sampler, 1.0, 0.0)
+        assert (c.data.resolution, c.data.batch_size, c.optim.grad_accum, c.optim.lr, tuple(c.optim.betas)) == (
+            res,
+            batch,
+            accum,
+            lr,
+            betas,
+        )
+        assert (c.max_steps, c.data.dataset, c.sample.sampler, c.optim.grad_clip, c.optim.weight_decay) == (
+            steps,
+            dataset,
+            sampler,
+            1.0,
+            0.0,
+        )
         assert c.model.name == "pixelgen_xxl_16_t2i" and c.model.overrides.get("input_size", 256) == res
     assert t2i.stage_config("sft512").sample.params == {"order": 2, "num_steps": 25, "guidance": 4.0, "timeshift": 3.0}
     with pytest.raises(ValueError, match="starts from a pretrain256 run"):
@@ -220,7 +234,9 @@ def test_stage_presets():
     with pytest.raises(FileNotFoundError, match="No shards matched"):
         t2i.train_stage(t2i.stage_config("pretrain256", data="/no/such/shards"), t2i.T2ISettings(), stage="pretrain256")
     with pytest.raises(FileNotFoundError, match="caption folder .* does not exist"):
-        t2i.train_stage(t2i.stage_config("sft512", data="/no/such/folder", init_from="x"), t2i.T2ISettings(), stage="sft512")
+        t2i.train_stage(
+            t2i.stage_config("sft512", data="/no/such/folder", init_from="x"), t2i.T2ISettings(), stage="sft512"
+        )
 
 
 @pytest.fixture(scope="module")

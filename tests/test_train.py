@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from train_helpers import NaNAt, RandomImages, SeededFlowMatching, tiny_encoders, tiny_jit
 
 from pixelgen.train import (
     EMA,
@@ -25,8 +26,6 @@ from pixelgen.train import (
     sample_seeds,
 )
 from pixelgen.utils.io import CheckpointError
-
-from train_helpers import NaNAt, RandomImages, SeededFlowMatching, tiny_encoders, tiny_jit
 
 HERE = Path(__file__).parent
 
@@ -86,8 +85,16 @@ def assert_states_equal(a, b, path="state"):
 def test_overrides_reach_every_section_and_round_trip_through_json():
     cfg = apply_overrides(
         TrainConfig(),
-        ["optim.lr=2e-4", "optim.betas=[0.9, 0.95]", "optim.grad_clip=1.0", "model.overrides.proj_drop=0.0",
-         "data.root=/data/in1k", "sample.params.guidance=1.0", "max_steps=10", "init_from=null"],
+        [
+            "optim.lr=2e-4",
+            "optim.betas=[0.9, 0.95]",
+            "optim.grad_clip=1.0",
+            "model.overrides.proj_drop=0.0",
+            "data.root=/data/in1k",
+            "sample.params.guidance=1.0",
+            "max_steps=10",
+            "init_from=null",
+        ],
     )
     assert cfg.optim.lr == 2e-4 and cfg.optim.betas == (0.9, 0.95) and cfg.optim.grad_clip == 1.0
     assert cfg.model.overrides == {"proj_drop": 0.0} and cfg.data.root == "/data/in1k"
@@ -97,16 +104,28 @@ def test_overrides_reach_every_section_and_round_trip_through_json():
 
 @pytest.mark.parametrize(
     "override, message",
-    [("optim.lrr=1", "Unknown config key"), ("nosuch=1", "Unknown config key"), ("optim.lr", "key=value"),
-     ("optim.lr=-1", "lr must be positive"), ("strategy=zero", "strategy must be")],
+    [
+        ("optim.lrr=1", "Unknown config key"),
+        ("nosuch=1", "Unknown config key"),
+        ("optim.lr", "key=value"),
+        ("optim.lr=-1", "lr must be positive"),
+        ("strategy=zero", "strategy must be"),
+    ],
 )
 def test_bad_overrides_fail_with_one_sentence(override, message):
     with pytest.raises((KeyError, ValueError), match=message):
         apply_overrides(TrainConfig(), [override])
 
 
-@given(st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.none(),
-                 st.lists(st.integers(0, 9), max_size=4)))
+@given(
+    st.one_of(
+        st.integers(-(10**6), 10**6),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.booleans(),
+        st.none(),
+        st.lists(st.integers(0, 9), max_size=4),
+    )
+)
 def test_override_values_parse_as_json(value):
     assert parse_override_value(json.dumps(value)) == value
 
@@ -146,7 +165,9 @@ def test_ema_updates_once_per_optimiser_step_with_accumulation(tmp_path):
     trainer.fit()
     trainer.close()
     assert calls == [0, 1, 2]
-    assert trainer.loader.state_dict()["consumed"] == 0 and trainer.loader.state_dict()["epoch"] == 2  # 6 batches of 4 = 2 epochs
+    assert (
+        trainer.loader.state_dict()["consumed"] == 0 and trainer.loader.state_dict()["epoch"] == 2
+    )  # 6 batches of 4 = 2 epochs
 
 
 # -- device -----------------------------------------------------------------------------------------------
@@ -165,12 +186,16 @@ def test_training_device_is_this_ranks_gpu(monkeypatch):
 
 # -- optimiser set-up --------------------------------------------------------------------------------------
 def test_optimizer_has_paper_defaults_and_leaves_out_the_frozen_pos_embed(tmp_path):
-    trainer = Trainer(small_config(tmp_path), model=tiny_jit(), objective=SeededFlowMatching(), dataset=RandomImages(), progress=False)
+    trainer = Trainer(
+        small_config(tmp_path), model=tiny_jit(), objective=SeededFlowMatching(), dataset=RandomImages(), progress=False
+    )
     groups = trainer.optimizer.param_groups
     assert [g["name"] for g in groups] == ["model", "objective"]
     assert all(g["betas"] == (0.9, 0.999) and g["eps"] == 1e-8 and g["weight_decay"] == 0.0 for g in groups)
     ids = {id(p) for p in groups[0]["params"]}
-    assert id(trainer.model.pos_embed) not in ids and len(ids) == sum(p.requires_grad for p in trainer.model.parameters())
+    assert id(trainer.model.pos_embed) not in ids and len(ids) == sum(
+        p.requires_grad for p in trainer.model.parameters()
+    )
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in trainer.objective.parameters()}
     trainer.close()
 
@@ -230,7 +255,9 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     for key in ("model", "ema", "optimizer", "objective", "data", "scheduler", "rng", "step", "samples_seen"):
         assert_states_equal(a[key], b[key], key)
     # The loss history after the resume point is the same too.
-    rows = lambda d: {r["step"]: r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+    rows = lambda d: {
+        r["step"]: r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "loss" in r
+    }
     ra, rb = rows(tmp_path / "a"), rows(tmp_path / "b")
     assert all(ra[s] == rb[s] for s in range(6, 9))
 
@@ -239,8 +266,14 @@ def test_resume_auto_without_a_checkpoint_starts_fresh_and_a_missing_path_fails(
     trainer, result = run(small_config(tmp_path, "max_steps=2"), resume="auto")
     assert result.step == 2
     with pytest.raises(CheckpointError, match="does not exist"):
-        Trainer(small_config(tmp_path / "x"), model=tiny_jit(), objective=SeededFlowMatching(), dataset=RandomImages(),
-                resume=str(tmp_path / "nope.pt"), progress=False)
+        Trainer(
+            small_config(tmp_path / "x"),
+            model=tiny_jit(),
+            objective=SeededFlowMatching(),
+            dataset=RandomImages(),
+            resume=str(tmp_path / "nope.pt"),
+            progress=False,
+        )
 
 
 # -- NaN / inf handling ------------------------------------------------------------------------------------
@@ -250,7 +283,10 @@ def test_a_nan_loss_skips_the_step_and_names_the_term(tmp_path):
     trainer = Trainer(cfg, model=tiny_jit(), objective=objective, dataset=RandomImages(n=12), progress=False)
     seen = []
     original = trainer.ema.update
-    trainer.ema.update = lambda: (seen.append({k: v.clone() for k, v in trainer.model.state_dict().items()}), original())[1]
+    trainer.ema.update = lambda: (
+        seen.append({k: v.clone() for k, v in trainer.model.state_dict().items()}),
+        original(),
+    )[1]
     result = trainer.fit()
     trainer.close()
     assert result.step == 3 and objective.calls == 4  # one extra forward for the skipped step
@@ -358,8 +394,13 @@ def test_a_truncated_checkpoint_is_reported_clearly(tmp_path):
 # -- stage transitions -------------------------------------------------------------------------------------
 def test_init_from_copies_weights_and_ema_with_a_fresh_optimizer(tmp_path):
     first, _ = run(small_config(tmp_path / "stage1", "max_steps=3"))
-    cfg = small_config(tmp_path / "stage2", "max_steps=0", f"init_from={tmp_path / 'stage1' / 'checkpoints' / 'latest.pt'}",
-                       "optim.lr=5e-5", "optim.betas=[0.9, 0.95]")
+    cfg = small_config(
+        tmp_path / "stage2",
+        "max_steps=0",
+        f"init_from={tmp_path / 'stage1' / 'checkpoints' / 'latest.pt'}",
+        "optim.lr=5e-5",
+        "optim.betas=[0.9, 0.95]",
+    )
     second = Trainer(cfg, model=tiny_jit(), objective=SeededFlowMatching(), dataset=RandomImages(), progress=False)
     assert second.step == 0 and not second.optimizer.state
     assert all(g["lr"] == 5e-5 and g["betas"] == (0.9, 0.95) for g in second.optimizer.param_groups)
@@ -372,7 +413,9 @@ def test_init_from_applies_on_a_stage_first_launch_with_resume_auto(tmp_path):
     """resume="auto" with no checkpoint of its own yet must still start from init_from (then resume later)."""
     first, _ = run(small_config(tmp_path / "stage1", "max_steps=2"))
     cfg = small_config(tmp_path / "stage2", "max_steps=0", f"init_from={tmp_path / 'stage1'}")
-    second = Trainer(cfg, model=tiny_jit(), objective=SeededFlowMatching(), dataset=RandomImages(), resume="auto", progress=False)
+    second = Trainer(
+        cfg, model=tiny_jit(), objective=SeededFlowMatching(), dataset=RandomImages(), resume="auto", progress=False
+    )
     assert second.step == 0
     assert_states_equal(second.ema.state_dict(), first.ema.state_dict())
     second.close()
@@ -391,8 +434,13 @@ def test_init_from_a_different_resolution_regenerates_pos_embed(tmp_path):
 
 # -- precision, clipping, warm-up -------------------------------------------------------------------------
 def test_bf16_autocast_on_cpu_keeps_fp32_master_weights(tmp_path):
-    trainer = Trainer(small_config(tmp_path, "max_steps=2", "precision=bf16"), model=tiny_jit(), objective=SeededFlowMatching(),
-                      dataset=RandomImages(n=12), progress=False)
+    trainer = Trainer(
+        small_config(tmp_path, "max_steps=2", "precision=bf16"),
+        model=tiny_jit(),
+        objective=SeededFlowMatching(),
+        dataset=RandomImages(n=12),
+        progress=False,
+    )
     computed_in = []
     trainer.model.final_layer.linear.register_forward_hook(lambda m, i, out: computed_in.append(out.dtype))
     result = trainer.fit()
@@ -411,8 +459,13 @@ def test_warmup_is_linear_and_clipping_reports_the_gradient_norm(tmp_path):
 
 
 def test_clipping_bounds_the_gradient_norm(tmp_path):
-    trainer = Trainer(small_config(tmp_path, "optim.grad_clip=1e-3"), model=tiny_jit(), objective=SeededFlowMatching(),
-                      dataset=RandomImages(n=12), progress=False)
+    trainer = Trainer(
+        small_config(tmp_path, "optim.grad_clip=1e-3"),
+        model=tiny_jit(),
+        objective=SeededFlowMatching(),
+        dataset=RandomImages(n=12),
+        progress=False,
+    )
     applied, values, _ = trainer.optimizer_step(trainer.batches())
     trainer.close()
     assert applied and values["grad_norm"] > 1e-3  # the norm before clipping is reported ...

@@ -33,9 +33,26 @@ def _free_port() -> int:
 
 
 def _launch(out: Path, nproc: int, batch: int, strategy: str = "ddp", preset: str = "jit_repa_lpips_pdino") -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", str(HERE / "train_helpers.py"), str(out), str(STEPS), str(batch), strategy, preset]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--nnodes=1",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        str(HERE / "train_helpers.py"),
+        str(out),
+        str(STEPS),
+        str(batch),
+        strategy,
+        preset,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -63,11 +80,18 @@ def test_two_gloo_processes_equal_one_process_with_the_doubled_batch(single, tmp
     # learning rate, and every entry to 5% of it (different random draws would differ by ~lr everywhere).
     lr = 1e-3
     for part in ("model", "ema", "objective"):
-        diffs = torch.cat([(two[part][k] - v).abs().flatten() for k, v in one[part].items()
-                           if isinstance(v, torch.Tensor) and v.is_floating_point()])
+        diffs = torch.cat(
+            [
+                (two[part][k] - v).abs().flatten()
+                for k, v in one[part].items()
+                if isinstance(v, torch.Tensor) and v.is_floating_point()
+            ]
+        )
         assert diffs.median() < 1e-4 * lr and diffs.max() < 0.05 * lr, (part, diffs.median(), diffs.max())
     # The weights did move (EMA lags behind them), so this is not a comparison of two untouched initialisations.
-    assert any(not torch.equal(one["model"][k], one["ema"][k]) for k in one["model"] if one["model"][k].is_floating_point())
+    assert any(
+        not torch.equal(one["model"][k], one["ema"][k]) for k in one["model"] if one["model"][k].is_floating_point()
+    )
     # Ranks are seeded apart: each saved its own RNG stream.
     assert len(two["rng"]) == 2 and not torch.equal(two["rng"][0]["torch"], two["rng"][1]["torch"])
 

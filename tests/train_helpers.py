@@ -31,8 +31,17 @@ class RandomImages(torch.utils.data.Dataset):
 def tiny_jit(num_classes: int = 4, size: int = 16, **overrides):
     import pixelgen
 
-    cfg = dict(input_size=size, patch_size=4, hidden_size=32, depth=2, num_heads=2, num_classes=num_classes,
-               bottleneck_dim=16, in_context_len=2, in_context_start=1)
+    cfg = dict(
+        input_size=size,
+        patch_size=4,
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        num_classes=num_classes,
+        bottleneck_dim=16,
+        in_context_len=2,
+        in_context_start=1,
+    )
     cfg.update(overrides)
     return pixelgen.build_model("jit", **cfg)
 
@@ -108,7 +117,11 @@ class IndexedImages(RandomImages):
 def tiny_encoders(patch: int = 4) -> dict:
     """Random tiny frozen encoders for objective tests (built from the global seed)."""
     return {
-        "dinov2": {"weights": "random", "base_patch_size": patch, "model_overrides": {"embed_dim": 32, "depth": 2, "num_heads": 2}},
+        "dinov2": {
+            "weights": "random",
+            "base_patch_size": patch,
+            "model_overrides": {"embed_dim": 32, "depth": 2, "num_heads": 2},
+        },
         "lpips": {"net": "vgg", "weights": "random"},  # VGG works from 16 px (AlexNet needs 31)
     }
 
@@ -126,14 +139,28 @@ def _run_from_command_line() -> None:
     from pixelgen.train import TrainConfig, Trainer, apply_overrides
 
     out, steps, batch, strategy, preset = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
-    cfg = apply_overrides(TrainConfig(), [
-        f"out_dir={out}", f"max_steps={steps}", f"data.batch_size={batch}", "data.num_workers=0", "sample.num_images=0",
-        "optim.lr=1e-3", "log_every=1", "ckpt_every=1000", "export_ema=false", "per_sample_noise=true", f"strategy={strategy}",
-        "ema_decay=0.5",
-        "model.name=jit", "model.overrides={\"input_size\": 16, \"patch_size\": 4, \"hidden_size\": 32, \"depth\": 2, "
-        "\"num_heads\": 2, \"num_classes\": 4, \"bottleneck_dim\": 16, \"in_context_len\": 2, \"in_context_start\": 1}",
-        f"objective.preset={preset}", "objective.overrides={\"align_layer\": 1}",
-    ])
+    cfg = apply_overrides(
+        TrainConfig(),
+        [
+            f"out_dir={out}",
+            f"max_steps={steps}",
+            f"data.batch_size={batch}",
+            "data.num_workers=0",
+            "sample.num_images=0",
+            "optim.lr=1e-3",
+            "log_every=1",
+            "ckpt_every=1000",
+            "export_ema=false",
+            "per_sample_noise=true",
+            f"strategy={strategy}",
+            "ema_decay=0.5",
+            "model.name=jit",
+            'model.overrides={"input_size": 16, "patch_size": 4, "hidden_size": 32, "depth": 2, '
+            '"num_heads": 2, "num_classes": 4, "bottleneck_dim": 16, "in_context_len": 2, "in_context_start": 1}',
+            f"objective.preset={preset}",
+            'objective.overrides={"align_layer": 1}',
+        ],
+    )
     cfg.objective.overrides["encoders"] = tiny_encoders()
     seen: list = []
     trainer = Trainer(cfg, dataset=IndexedImages(n=24), batch_transform=index_recorder(seen), progress=False)

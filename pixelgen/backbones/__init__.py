@@ -1,9 +1,9 @@
 """Backbones: the class-to-image and text-to-image JiT, their presets, and building by name.
 
-    from pixelgen import build_model, list_models
-    model = build_model("pixelgen_xl_16")                 # a preset
-    model = build_model("jit", hidden_size=256, depth=4)  # the generic builder, original argument names
-    meta = build_model("pixelgen_xl_16", device="meta")   # no memory: parameter counts, shapes
+from pixelgen import build_model, list_models
+model = build_model("pixelgen_xl_16")                 # a preset
+model = build_model("jit", hidden_size=256, depth=4)  # the generic builder, original argument names
+meta = build_model("pixelgen_xl_16", device="meta")   # no memory: parameter counts, shapes
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ import contextvars
 import difflib
 import inspect
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,7 +60,9 @@ def register_family(
         return build_preset
 
     for name, (description, config) in presets.items():
-        registries.backbone.register(name, preset_of=arch, config=dict(config))(preset_builder(name, description, config))
+        registries.backbone.register(name, preset_of=arch, config=dict(config))(
+            preset_builder(name, description, config)
+        )
     return build
 
 
@@ -133,7 +136,9 @@ class JiTBase(nn.Module):
         table = sincos_2d_table(self.hidden_size, grid_h, grid_w, device=self.pos_embed.device)
         return table.to(self.pos_embed.dtype).unsqueeze(0)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # A sin-cos table saved for another grid (a 256-px checkpoint loaded at 512 px) is replaced by this
         # model's own table: it is a fixed function of the grid, so nothing learnt is lost.
         key = prefix + "pos_embed"
@@ -146,11 +151,14 @@ class JiTBase(nn.Module):
         ):
             log.info(
                 "pos_embed in the checkpoint covers %d tokens; using the sin-cos table for this model's %dx%d grid.",
-                incoming.shape[1], *self.default_grid,
+                incoming.shape[1],
+                *self.default_grid,
             )
             table = sincos_2d_table(self.hidden_size, *self.default_grid, device=incoming.device)
             state_dict[key] = table.to(incoming.dtype).unsqueeze(0)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     # -- input checks ---------------------------------------------------------------------------------
     def _check_image_and_time(self, x: Any, t: Any) -> tuple[int, int]:

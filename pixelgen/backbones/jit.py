@@ -84,9 +84,7 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q = apply_rotary_pairs(self.q_norm(q), rope)
         k = apply_rotary_pairs(self.k_norm(k), rope)
-        out = attention(
-            q, k, v, backend=self.attention_backend, dropout_p=self.attn_drop if self.training else 0.0
-        )
+        out = attention(q, k, v, backend=self.attention_backend, dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, -1)))
 
 
@@ -94,7 +92,13 @@ class JiTBlock(nn.Module):
     """Pre-norm adaLN-Zero block: ``x += gate·Attn(mod(norm(x)))``, ``x += gate·FFN(mod(norm(x)))``."""
 
     def __init__(
-        self, hidden_size: int, num_heads: int, mlp_ratio: float, attn_drop: float, proj_drop: float, attention_backend: str
+        self,
+        hidden_size: int,
+        num_heads: int,
+        mlp_ratio: float,
+        attn_drop: float,
+        proj_drop: float,
+        attention_backend: str,
     ):
         super().__init__()
         self.norm1 = RMSNorm(hidden_size)
@@ -161,10 +165,20 @@ class JiT(JiTBase):
         super().__init__(attention_backend)
         _validate_c2i(locals())
         self.config: dict[str, Any] = dict(
-            input_size=input_size, patch_size=patch_size, in_channels=in_channels, hidden_size=hidden_size,
-            depth=depth, num_heads=num_heads, mlp_ratio=float(mlp_ratio), attn_drop=float(attn_drop),
-            proj_drop=float(proj_drop), num_classes=num_classes, use_bottleneck=bool(use_bottleneck),
-            bottleneck_dim=bottleneck_dim, in_context_len=in_context_len, in_context_start=in_context_start,
+            input_size=input_size,
+            patch_size=patch_size,
+            in_channels=in_channels,
+            hidden_size=hidden_size,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=float(mlp_ratio),
+            attn_drop=float(attn_drop),
+            proj_drop=float(proj_drop),
+            num_classes=num_classes,
+            use_bottleneck=bool(use_bottleneck),
+            bottleneck_dim=bottleneck_dim,
+            in_context_len=in_context_len,
+            in_context_start=in_context_start,
         )
         self.input_size, self.patch_size, self.in_channels = input_size, patch_size, in_channels
         self.hidden_size, self.depth, self.num_heads = hidden_size, depth, num_heads
@@ -184,7 +198,9 @@ class JiT(JiTBase):
         dropout_blocks = range(depth // 4, 3 * depth // 4)
         self.blocks = nn.ModuleList(
             JiTBlock(
-                hidden_size, num_heads, mlp_ratio,
+                hidden_size,
+                num_heads,
+                mlp_ratio,
                 attn_drop if i in dropout_blocks else 0.0,
                 proj_drop if i in dropout_blocks else 0.0,
                 attention_backend,
@@ -272,7 +288,9 @@ def _validate_c2i(args: dict[str, Any]) -> None:
             if not isinstance(args[name], int) or args[name] <= 0:
                 raise ValueError(f"JiT argument {name} must be a positive integer, got {args[name]!r}.")
 
-    positive("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "num_classes", "bottleneck_dim")
+    positive(
+        "input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "num_classes", "bottleneck_dim"
+    )
     if args["input_size"] % args["patch_size"]:
         raise ValueError(f"JiT input_size {args['input_size']} is not a multiple of patch_size {args['patch_size']}.")
     if args["hidden_size"] % args["num_heads"]:
@@ -292,11 +310,21 @@ def _validate_c2i(args: dict[str, Any]) -> None:
     check_backend(args["attention_backend"])
 
 
-_COMMON = dict(input_size=256, in_channels=3, mlp_ratio=4.0, num_classes=1000, in_context_len=32, attn_drop=0.0, proj_drop=0.0)
+_COMMON = dict(
+    input_size=256, in_channels=3, mlp_ratio=4.0, num_classes=1000, in_context_len=32, attn_drop=0.0, proj_drop=0.0
+)
 _B = dict(hidden_size=768, depth=12, num_heads=12, use_bottleneck=True, bottleneck_dim=128, in_context_start=4)
 _L = dict(hidden_size=1024, depth=24, num_heads=16, use_bottleneck=True, bottleneck_dim=128, in_context_start=8)
 _H = dict(hidden_size=1280, depth=32, num_heads=16, use_bottleneck=True, bottleneck_dim=256, in_context_start=10)
-_XL = dict(hidden_size=1152, depth=28, num_heads=16, use_bottleneck=False, bottleneck_dim=128, in_context_start=8, proj_drop=0.1)
+_XL = dict(
+    hidden_size=1152,
+    depth=28,
+    num_heads=16,
+    use_bottleneck=False,
+    bottleneck_dim=128,
+    in_context_start=8,
+    proj_drop=0.1,
+)
 
 # name -> (description, config). The /32 presets default to 512 px (a 16x16 grid, as JiT pairs them).
 JIT_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -307,9 +335,13 @@ JIT_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "jit_h_16": ("JiT-H/16 (953M), 256 px", {**_COMMON, **_H, "patch_size": 16}),
     "jit_h_32": ("JiT-H/32 (956M), 512 px", {**_COMMON, **_H, "patch_size": 32, "input_size": 512}),
     "pixelgen_l_16": ("PixelGen-L/16 (459M, = JiT-L/16), 256 px", {**_COMMON, **_L, "patch_size": 16}),
-    "pixelgen_xl_16": ("PixelGen-XL/16 (677M, no bottleneck, proj_drop 0.1), 256 px", {**_COMMON, **_XL, "patch_size": 16}),
+    "pixelgen_xl_16": (
+        "PixelGen-XL/16 (677M, no bottleneck, proj_drop 0.1), 256 px",
+        {**_COMMON, **_XL, "patch_size": 16},
+    ),
 }
 
 
-build_jit = register_family("jit", JiT, "Class-to-image JiT from the original constructor arguments (+ attention_backend).",
-                            JIT_PRESETS, "JiT")
+build_jit = register_family(
+    "jit", JiT, "Class-to-image JiT from the original constructor arguments (+ attention_backend).", JIT_PRESETS, "JiT"
+)

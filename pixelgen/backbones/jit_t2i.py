@@ -76,9 +76,7 @@ class TextSelfAttention(nn.Module):
 
     def forward(self, y: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         q, k, v = _heads(self.qkv(y), 3, self.num_heads)
-        out = attention(
-            self.q_norm(q), self.k_norm(k), v, backend=self.attention_backend, key_padding_mask=key_mask
-        )
+        out = attention(self.q_norm(q), self.k_norm(k), v, backend=self.attention_backend, key_padding_mask=key_mask)
         return self.proj(out.transpose(1, 2).flatten(2))
 
 
@@ -191,9 +189,16 @@ class JiTT2I(JiTBase):
         super().__init__(attention_backend)
         _validate_t2i(locals())
         self.config: dict[str, Any] = dict(
-            input_size=input_size, in_channels=in_channels, num_groups=num_groups, hidden_size=hidden_size,
-            num_blocks=num_blocks, num_text_blocks=num_text_blocks, patch_size=patch_size,
-            txt_embed_dim=txt_embed_dim, txt_max_length=txt_max_length, bottleneck_dim=bottleneck_dim,
+            input_size=input_size,
+            in_channels=in_channels,
+            num_groups=num_groups,
+            hidden_size=hidden_size,
+            num_blocks=num_blocks,
+            num_text_blocks=num_text_blocks,
+            patch_size=patch_size,
+            txt_embed_dim=txt_embed_dim,
+            txt_max_length=txt_max_length,
+            bottleneck_dim=bottleneck_dim,
         )
         self.input_size, self.patch_size, self.in_channels = input_size, patch_size, in_channels
         self.hidden_size, self.num_blocks, self.num_heads = hidden_size, num_blocks, num_groups
@@ -292,17 +297,32 @@ class JiTT2I(JiTBase):
 
 
 def _validate_t2i(args: dict[str, Any]) -> None:
-    names = ("input_size", "in_channels", "num_groups", "hidden_size", "num_blocks", "patch_size", "txt_embed_dim",
-             "txt_max_length", "bottleneck_dim")
+    names = (
+        "input_size",
+        "in_channels",
+        "num_groups",
+        "hidden_size",
+        "num_blocks",
+        "patch_size",
+        "txt_embed_dim",
+        "txt_max_length",
+        "bottleneck_dim",
+    )
     for name in names:
         if not isinstance(args[name], int) or args[name] <= 0:
             raise ValueError(f"JiT_T2I argument {name} must be a positive integer, got {args[name]!r}.")
     if not isinstance(args["num_text_blocks"], int) or args["num_text_blocks"] < 0:
-        raise ValueError(f"JiT_T2I argument num_text_blocks must be a non-negative integer, got {args['num_text_blocks']!r}.")
+        raise ValueError(
+            f"JiT_T2I argument num_text_blocks must be a non-negative integer, got {args['num_text_blocks']!r}."
+        )
     if args["input_size"] % args["patch_size"]:
-        raise ValueError(f"JiT_T2I input_size {args['input_size']} is not a multiple of patch_size {args['patch_size']}.")
+        raise ValueError(
+            f"JiT_T2I input_size {args['input_size']} is not a multiple of patch_size {args['patch_size']}."
+        )
     if args["hidden_size"] % args["num_groups"]:
-        raise ValueError(f"JiT_T2I hidden_size {args['hidden_size']} is not divisible by num_groups {args['num_groups']}.")
+        raise ValueError(
+            f"JiT_T2I hidden_size {args['hidden_size']} is not divisible by num_groups {args['num_groups']}."
+        )
     if (args["hidden_size"] // args["num_groups"]) % 4 or args["hidden_size"] % 4:
         raise ValueError(
             f"JiT_T2I needs hidden_size and head_dim divisible by 4 (2-D sin-cos table and RoPE), got hidden_size "
@@ -314,11 +334,26 @@ def _validate_t2i(args: dict[str, Any]) -> None:
 JIT_T2I_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "pixelgen_xxl_16_t2i": (
         "PixelGen-XXL/16 text-to-image (1.12B), 256 px; input_size=512 for the 512 stages",
-        dict(input_size=256, in_channels=3, num_groups=24, hidden_size=1536, num_blocks=16, num_text_blocks=4,
-             patch_size=16, txt_embed_dim=2048, txt_max_length=128, bottleneck_dim=256),
+        dict(
+            input_size=256,
+            in_channels=3,
+            num_groups=24,
+            hidden_size=1536,
+            num_blocks=16,
+            num_text_blocks=4,
+            patch_size=16,
+            txt_embed_dim=2048,
+            txt_max_length=128,
+            bottleneck_dim=256,
+        ),
     ),
 }
 
 
-build_jit_t2i = register_family("jit_t2i", JiTT2I, "Text-to-image JiT from the original constructor arguments (+ attention_backend).",
-                                JIT_T2I_PRESETS, "JiT_T2I")
+build_jit_t2i = register_family(
+    "jit_t2i",
+    JiTT2I,
+    "Text-to-image JiT from the original constructor arguments (+ attention_backend).",
+    JIT_T2I_PRESETS,
+    "JiT_T2I",
+)

@@ -21,7 +21,7 @@ def add_arguments(p) -> None:
     p.add_argument("--checkpoint", required=True, help="exported checkpoint folder (model.safetensors + config.json)")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
     p.add_argument("--prompt-file", help="a text file with one prompt per line (added to --prompt)")
-    p.add_argument("--negative-prompt", default=None, help="encoded as the unconditional embedding instead of \"\"")
+    p.add_argument("--negative-prompt", default=None, help='encoded as the unconditional embedding instead of ""')
     p.add_argument("--num", type=int, default=4, help="images per prompt (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="generated", help="output folder (default ./generated)")
@@ -53,7 +53,7 @@ def read_prompts(args) -> list[str]:
             raise FileNotFoundError(f"The prompt file {path} does not exist.")
         prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not prompts:
-        raise ValueError("No prompt given: pass --prompt \"...\" (repeatable) or --prompt-file.")
+        raise ValueError('No prompt given: pass --prompt "..." (repeatable) or --prompt-file.')
     return prompts
 
 
@@ -89,7 +89,14 @@ def run(args) -> int:
     for n, (image, prompt) in enumerate(zip(result.images, result.prompts)):
         stem = f"{n // args.num:03d}_{n % args.num:02d}_{_slug(prompt)}"
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(out / f"{stem}.png")
-        record = {"file": f"{stem}.png", "prompt": prompt, "negative_prompt": args.negative_prompt, "seed": args.seed, "index": n, **settings}
+        record = {
+            "file": f"{stem}.png",
+            "prompt": prompt,
+            "negative_prompt": args.negative_prompt,
+            "seed": args.seed,
+            "index": n,
+            **settings,
+        }
         if result.trajectories is not None:
             save_trajectory_gif(result.trajectories[n], out / f"{stem}.gif")
             record["trajectory"] = f"{stem}.gif"

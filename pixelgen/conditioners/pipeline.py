@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,7 +50,9 @@ DEFAULT_SAMPLING: dict[str, Any] = {"name": "adams", "order": 2, "num_steps": 25
 def check_text_compatible(model: nn.Module, conditioner: Qwen3TextConditioner) -> None:
     """The backbone must be a text model whose text width and length equal the encoder's."""
     if getattr(model, "cond_kind", None) != "text":
-        raise ValueError(f"This checkpoint is not a text-to-image model (its conditioning is {getattr(model, 'cond_kind', 'unknown')!r}).")
+        raise ValueError(
+            f"This checkpoint is not a text-to-image model (its conditioning is {getattr(model, 'cond_kind', 'unknown')!r})."
+        )
     if model.txt_embed_dim != conditioner.embed_dim:
         raise ValueError(
             f"The checkpoint expects text embeddings of width {model.txt_embed_dim} but the text encoder "
@@ -123,7 +126,7 @@ class TextToImagePipeline:
         pad_mask: bool | None = None,
         device: torch.device | str | None = None,
         autocast_dtype: torch.dtype | str | None = "auto",
-    ) -> "TextToImagePipeline":
+    ) -> TextToImagePipeline:
         """Load an exported checkpoint (``model.safetensors`` + ``config.json``) and its text encoder.
 
         The encoder is ``text_encoder`` when given (a registered name, folder or HF id), else the one recorded
@@ -136,10 +139,14 @@ class TextToImagePipeline:
 
         path = Path(checkpoint)
         if path.suffix == ".ckpt":
-            raise ValueError(f"{path} is a Lightning training checkpoint; convert it first with `pixelgen convert {path} OUT_DIR`.")
+            raise ValueError(
+                f"{path} is a Lightning training checkpoint; convert it first with `pixelgen convert {path} OUT_DIR`."
+            )
         if not path.exists():
             raise FileNotFoundError(f"The checkpoint {path} does not exist.")
-        device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = (
+            torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        )
         model = load_pretrained(path, device=device)
         folder = path if path.is_dir() else path.parent
         recorded = read_text_encoder_spec(folder)
@@ -182,7 +189,9 @@ class TextToImagePipeline:
         h, w = size if height is None else height, size if width is None else width
         for name, value in (("height", h), ("width", w)):
             if not isinstance(value, int) or value < patch or value % patch:
-                raise ValueError(f"The image {name} must be a positive multiple of the patch size {patch}, got {value!r}.")
+                raise ValueError(
+                    f"The image {name} must be a positive multiple of the patch size {patch}, got {value!r}."
+                )
         return h, w
 
     @torch.no_grad()
@@ -214,7 +223,9 @@ class TextToImagePipeline:
         indices = list(range(len(per_image)))
         channels = int(self.model.in_channels)
         autocast = (
-            torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None else nullcontext()
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else nullcontext()
         )
         images, trajectories = [], []
         starts = range(0, len(per_image), batch_size)

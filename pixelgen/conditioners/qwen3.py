@@ -24,14 +24,15 @@ from __future__ import annotations
 import os
 import warnings
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from pixelgen.utils.hub import WeightSource, WeightsNotFoundError, resolve_weights
+from pixelgen.utils.hub import WeightsNotFoundError, WeightSource, resolve_weights
 
 __all__ = [
     "DEFAULT_TEXT_ENCODER",
@@ -64,13 +65,13 @@ class TextEncoding:
     def __len__(self) -> int:
         return self.embeddings.shape[0]
 
-    def repeat(self, batch_size: int) -> "TextEncoding":
+    def repeat(self, batch_size: int) -> TextEncoding:
         """Repeat a single encoding (batch 1) ``batch_size`` times."""
         if self.embeddings.shape[0] != 1:
             raise ValueError(f"Only a single encoding can be repeated, this one holds {self.embeddings.shape[0]}.")
         return TextEncoding(self.embeddings.repeat(batch_size, 1, 1), self.mask.repeat(batch_size, 1))
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "TextEncoding":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TextEncoding:
         return TextEncoding(self.embeddings.to(device=device, dtype=dtype), self.mask.to(device=device))
 
 
@@ -121,7 +122,9 @@ class Qwen3TextConditioner(nn.Module):
         if not isinstance(max_length, int) or max_length < 1:
             raise ValueError(f"max_length must be a positive integer, got {max_length!r}.")
         if getattr(tokenizer, "pad_token_id", None) is None:
-            raise ValueError("The tokenizer has no pad token; set one (Qwen uses '<|endoftext|>') before building the conditioner.")
+            raise ValueError(
+                "The tokenizer has no pad token; set one (Qwen uses '<|endoftext|>') before building the conditioner."
+            )
         hidden = int(model.config.hidden_size)
         if embed_dim is not None and (not isinstance(embed_dim, int) or embed_dim < 1):
             raise ValueError(f"embed_dim must be a positive integer or None, got {embed_dim!r}.")
@@ -140,7 +143,7 @@ class Qwen3TextConditioner(nn.Module):
         self.eval()
 
     # -- frozen: never leaves eval mode, never tracks gradients ------------------------------------
-    def train(self, mode: bool = True) -> "Qwen3TextConditioner":
+    def train(self, mode: bool = True) -> Qwen3TextConditioner:
         return super().train(False)
 
     def _apply(self, fn, recurse: bool = True):
@@ -283,4 +286,6 @@ def load_qwen3_conditioner(
     if compile:
         encoder.compile()
     source = {"name": "qwen3", "model": os.fspath(model)}
-    return Qwen3TextConditioner(encoder, tokenizer, max_length=max_length, embed_dim=embed_dim, pad_mask=pad_mask, source=source)
+    return Qwen3TextConditioner(
+        encoder, tokenizer, max_length=max_length, embed_dim=embed_dim, pad_mask=pad_mask, source=source
+    )

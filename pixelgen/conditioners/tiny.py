@@ -8,7 +8,7 @@ always give the same encoder, so a checkpoint only has to record them (see ``des
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -72,7 +72,9 @@ def build_tiny_tokenizer(corpus: Sequence[str] = TINY_CORPUS, vocab_size: int = 
         show_progress=False,
     )
     backend.train_from_iterator(list(corpus), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=PAD_TOKEN, eos_token=PAD_TOKEN, padding_side="right")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token=PAD_TOKEN, eos_token=PAD_TOKEN, padding_side="right"
+    )
 
 
 def build_tiny_qwen3(
@@ -122,4 +124,6 @@ def build_tiny_qwen3(
         "num_kv_heads": num_kv_heads,
         "vocab_size": vocab_size,
     }
-    return Qwen3TextConditioner(encoder, tokenizer, max_length=max_length, embed_dim=embed_dim, pad_mask=pad_mask, source=source)
+    return Qwen3TextConditioner(
+        encoder, tokenizer, max_length=max_length, embed_dim=embed_dim, pad_mask=pad_mask, source=source
+    )

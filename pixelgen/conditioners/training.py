@@ -13,8 +13,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,7 +48,9 @@ class TextBatchEncoder:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         if "caption" not in batch:
-            raise KeyError("A text-to-image batch needs a 'caption' list (use a caption dataset such as demo_captions).")
+            raise KeyError(
+                "A text-to-image batch needs a 'caption' list (use a caption dataset such as demo_captions)."
+            )
         captions = check_prompts(batch["caption"], "batch['caption']")
         cond = self.conditioner(captions)
         uncond = self.conditioner.unconditional(len(captions))
@@ -114,11 +117,19 @@ class T2ITrainer(Trainer):
         path = None
         if self.dist.is_main or everyone:
             prompts = self.prompts[: s.num_images] if s.num_images else self.prompts
-            pipe = TextToImagePipeline(self.ema.model, self.conditioner, device=self.device, autocast_dtype=self.amp_dtype)
+            pipe = TextToImagePipeline(
+                self.ema.model, self.conditioner, device=self.device, autocast_dtype=self.amp_dtype
+            )
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 result = pipe(prompts, seed=s.seed, batch_size=s.batch_size, sampler=s.sampler, **s.params)
             if self.dist.is_main:
-                path = save_image_grid(result.images, self.out_dir / "samples" / f"step_{self.step:07d}.png", captions=result.prompts, pad=4, min_side=128)
+                path = save_image_grid(
+                    result.images,
+                    self.out_dir / "samples" / f"step_{self.step:07d}.png",
+                    captions=result.prompts,
+                    pad=4,
+                    min_side=128,
+                )
                 self.logger.event(self.step, "samples", path=str(path))
         from pixelgen.train.distributed import barrier
 

@@ -44,7 +44,7 @@ def demo_captions() -> list[str]:
     return [caption for _, _, caption in DEMO_CLASSES]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photograph(loader: str) -> Image.Image:
     try:
         from skimage import data

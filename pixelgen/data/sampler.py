@@ -25,7 +25,8 @@ have seen next; the epoch rolls over by itself after its last batch.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 

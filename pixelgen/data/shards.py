@@ -24,8 +24,9 @@ import random
 import re
 import tarfile
 import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -236,7 +237,9 @@ class CaptionShardDataset(IterableDataset):
     def _warn(self, message: str, *args: Any) -> None:
         if self._warnings < _MAX_WARNINGS:
             self._warnings += 1
-            log.warning(message + (" (further ones are only counted)" if self._warnings == _MAX_WARNINGS else ""), *args)
+            log.warning(
+                message + (" (further ones are only counted)" if self._warnings == _MAX_WARNINGS else ""), *args
+            )
 
     def _shard_failed(self, path: str, exc: BaseException) -> None:
         self.counters.add("corrupt_shards")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -12,7 +12,16 @@ from torch import nn
 from ..utils.hub import WeightSource, resolve_weights
 from ..utils.io import CheckpointError, load_safetensors, safe_torch_load
 
-__all__ = ["FrozenEncoder", "WeightsSpec", "resolve_encoder_weights", "load_weight_file", "parse_dtype", "check_pixel_range", "check_pixel_ranges", "at_least_float32"]
+__all__ = [
+    "FrozenEncoder",
+    "WeightsSpec",
+    "resolve_encoder_weights",
+    "load_weight_file",
+    "parse_dtype",
+    "check_pixel_range",
+    "check_pixel_ranges",
+    "at_least_float32",
+]
 
 WeightsSpec = str | os.PathLike | None
 """``None``: follow the resolution rule; ``"random"``: random initialisation; anything else: a file path."""
@@ -28,13 +37,13 @@ class FrozenEncoder(nn.Module):
     still flow through it to its *inputs*.
     """
 
-    def freeze(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "FrozenEncoder":
+    def freeze(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> FrozenEncoder:
         self.to(device=device, dtype=dtype)
         for p in self.parameters():
             p.requires_grad_(False)
         return super().train(False)
 
-    def train(self, mode: bool = True) -> "FrozenEncoder":  # noqa: ARG002 - frozen networks stay in eval mode
+    def train(self, mode: bool = True) -> FrozenEncoder:  # noqa: ARG002 - frozen networks stay in eval mode
         return super().train(False)
 
     @property
@@ -55,7 +64,14 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     """``torch.bfloat16`` / ``"bf16"`` / ``"bfloat16"`` / ``None`` (keep float32) -> a torch dtype."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    names = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32", "fp64": "float64"}
+    names = {
+        "bf16": "bfloat16",
+        "fp16": "float16",
+        "half": "float16",
+        "fp32": "float32",
+        "float": "float32",
+        "fp64": "float64",
+    }
     value = getattr(torch, names.get(str(dtype), str(dtype)), None)
     if not isinstance(value, torch.dtype) or not value.is_floating_point:
         raise ValueError(f"dtype must be a floating torch dtype or its name (e.g. 'bfloat16'), got {dtype!r}.")

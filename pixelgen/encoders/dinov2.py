@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,15 @@ import torch.nn.functional as F
 from ..registry import registries
 from ..utils.checks import check_image_batch
 from ..utils.hub import WeightSource
-from .base import FrozenEncoder, WeightsSpec, at_least_float32, check_pixel_range, load_weight_file, parse_dtype, resolve_encoder_weights
+from .base import (
+    FrozenEncoder,
+    WeightsSpec,
+    at_least_float32,
+    check_pixel_range,
+    load_weight_file,
+    parse_dtype,
+    resolve_encoder_weights,
+)
 
 __all__ = ["DINOv2Encoder", "DINOV2_VARIANTS", "dinov2_weight_source", "convert_dinov2_state_dict"]
 
@@ -109,9 +117,13 @@ class DINOv2Encoder(FrozenEncoder):
         self.base_patch_size = base_patch_size
         path = resolve_encoder_weights(weights, dinov2_weight_source(name))  # before building: fail fast offline
         arch, _ = DINOV2_VARIANTS[name]
-        self.backbone = timm.create_model(arch, pretrained=False, num_classes=0, dynamic_img_size=True, **dict(model_overrides or {}))
+        self.backbone = timm.create_model(
+            arch, pretrained=False, num_classes=0, dynamic_img_size=True, **dict(model_overrides or {})
+        )
         if self.backbone.patch_embed.patch_size != (14, 14):
-            raise ValueError(f"DINOv2 encoders use patch size 14; model_overrides changed it to {self.backbone.patch_embed.patch_size}.")
+            raise ValueError(
+                f"DINOv2 encoders use patch size 14; model_overrides changed it to {self.backbone.patch_embed.patch_size}."
+            )
         if path is not None:
             self._load(path)
         self.layers = self._check_layers(layers)
@@ -127,8 +139,11 @@ class DINOv2Encoder(FrozenEncoder):
         unexpected = sorted(set(state) - set(own))
         wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
         if missing or unexpected or wrong:
-            parts = [f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                     for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+            parts = [
+                f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+                if keys
+            ]
             raise ValueError(f"The weights in {path} do not fit {self.name} ({'; '.join(parts)}).")
         self.backbone.load_state_dict(state)
 
@@ -145,7 +160,9 @@ class DINOv2Encoder(FrozenEncoder):
             layers = (layers,)
         layers = tuple(layers)
         if not layers or not all(isinstance(i, int) and -self.depth <= i < self.depth for i in layers):
-            raise ValueError(f"layers must be a non-empty list of block indices in [-{self.depth}, {self.depth - 1}], got {layers!r}.")
+            raise ValueError(
+                f"layers must be a non-empty list of block indices in [-{self.depth}, {self.depth - 1}], got {layers!r}."
+            )
         return tuple(sorted({i % self.depth for i in layers}))
 
     # -- forward ---------------------------------------------------------------------------------------
@@ -162,7 +179,9 @@ class DINOv2Encoder(FrozenEncoder):
         h, w = images01.shape[-2:]
         size = (self.input_side(h), self.input_side(w))
         if min(size) < self.patch_size:
-            raise ValueError(f"{h}x{w} images give a {size[0]}x{size[1]} DINOv2 input, smaller than its patch size {self.patch_size}; use images of at least {self.base_patch_size} px.")
+            raise ValueError(
+                f"{h}x{w} images give a {size[0]}x{size[1]} DINOv2 input, smaller than its patch size {self.patch_size}; use images of at least {self.base_patch_size} px."
+            )
         if size[0] % self.patch_size or size[1] % self.patch_size:
             raise ValueError(
                 f"{h}x{w} images give a {size[0]}x{size[1]} DINOv2 input, not a multiple of its patch size {self.patch_size}; "
@@ -184,7 +203,9 @@ class DINOv2Encoder(FrozenEncoder):
         grid = grid.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, dim)
         return torch.cat([table[:, :1].float(), grid], dim=1).to(table.dtype)
 
-    def forward(self, images01: torch.Tensor, layers: Sequence[int] | None = None, *, check_range: bool = True) -> torch.Tensor:
+    def forward(
+        self, images01: torch.Tensor, layers: Sequence[int] | None = None, *, check_range: bool = True
+    ) -> torch.Tensor:
         """Patch tokens (B, N, D) of ``images01`` (B, 3, S, S) in [0, 1]; gradients flow to the input.
 
         ``check_range=False`` skips the [0, 1] range check (predictions are not clamped, spec §4.6).

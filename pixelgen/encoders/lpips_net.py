@@ -15,7 +15,15 @@ import torch
 from ..registry import registries
 from ..utils.checks import check_image_batch, check_same_shape
 from ..utils.hub import WeightSource
-from .base import FrozenEncoder, WeightsSpec, at_least_float32, check_pixel_range, load_weight_file, parse_dtype, resolve_encoder_weights
+from .base import (
+    FrozenEncoder,
+    WeightsSpec,
+    at_least_float32,
+    check_pixel_range,
+    load_weight_file,
+    parse_dtype,
+    resolve_encoder_weights,
+)
 
 __all__ = ["LPIPSEncoder", "LPIPS_TRUNKS", "lpips_weight_source"]
 
@@ -85,7 +93,9 @@ class LPIPSEncoder(FrozenEncoder):
     def _load_trunk(self, path) -> None:
         trunk = self.metric.net
         # The package splits torchvision's `features` Sequential into slices but keeps the layer indices as names.
-        slice_of = {index: slice_name for slice_name, part in trunk.named_children() for index, _ in part.named_children()}
+        slice_of = {
+            index: slice_name for slice_name, part in trunk.named_children() for index, _ in part.named_children()
+        }
         state = {}
         for key, value in load_weight_file(path).items():
             head, _, rest = key.partition(".")
@@ -112,7 +122,9 @@ class LPIPSEncoder(FrozenEncoder):
         check_same_shape(pred, target, "LPIPS prediction", "LPIPS target")
         side = min(pred.shape[-2:])
         if side < MIN_SIDE[self.net]:
-            raise ValueError(f"LPIPS-{self.net} needs images of at least {MIN_SIDE[self.net]} px per side, got {pred.shape[-2]}x{pred.shape[-1]}.")
+            raise ValueError(
+                f"LPIPS-{self.net} needs images of at least {MIN_SIDE[self.net]} px per side, got {pred.shape[-2]}x{pred.shape[-1]}."
+            )
         if check_range:
             check_pixel_range(target, "The LPIPS target", (-1.0, 1.0))
         dist = self.metric(pred.to(self.dtype), target.to(self.dtype))

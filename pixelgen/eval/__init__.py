@@ -14,7 +14,13 @@ from __future__ import annotations
 
 from .dinov2 import DinoV2Features, build_dinov2_features
 from .frechet import GaussianStats, feature_statistics, frechet_distance, trace_sqrt_product
-from .generation import SAMPLING_PRESETS, GenerationResult, check_class_count, class_balanced_labels, generate_class_samples
+from .generation import (
+    SAMPLING_PRESETS,
+    GenerationResult,
+    check_class_count,
+    class_balanced_labels,
+    generate_class_samples,
+)
 from .grids import save_png, tile_images
 from .images import ImageSet, open_images, open_npz_array, write_uint8_npz
 from .inception import INCEPTION_WEIGHTS, InceptionFeatures, build_inception

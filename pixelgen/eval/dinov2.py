@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,9 @@ class DinoV2Features(nn.Module):
         images = check_uint8_images(images)
         enc = self.encoder
         x = images.to(enc.mean.device).float() / 255.0
-        x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic", antialias=True, align_corners=False).clamp_(0.0, 1.0)
+        x = F.interpolate(
+            x, size=(self.resolution, self.resolution), mode="bicubic", antialias=True, align_corners=False
+        ).clamp_(0.0, 1.0)
         x = ((x - enc.mean) / enc.std).to(enc.dtype)
         (tokens,) = enc.normed_tokens(x, [len(enc.backbone.blocks) - 1])
         return {"dinov2": tokens[:, 0].float()}
@@ -77,4 +80,3 @@ def build_dinov2_features(
         encoder = build_encoder(name, path, device=device, **options)
         tag = f"{name}-{weights_digest(Path(path))}"
     return DinoV2Features(encoder, f"{tag}-cls{resolution}", resolution)
-

@@ -45,7 +45,9 @@ class GaussianStats:
         if mu.ndim != 1:
             raise ValueError(f"The feature mean must be a vector (D,), got shape {mu.shape}.")
         if sigma.shape != (mu.shape[0], mu.shape[0]):
-            raise ValueError(f"The feature covariance must be ({mu.shape[0]}, {mu.shape[0]}) to match the mean, got shape {sigma.shape}.")
+            raise ValueError(
+                f"The feature covariance must be ({mu.shape[0]}, {mu.shape[0]}) to match the mean, got shape {sigma.shape}."
+            )
         if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
             raise ValueError("The feature mean or covariance contains NaN or infinite values.")
         object.__setattr__(self, "mu", mu)
@@ -115,12 +117,17 @@ def trace_sqrt_product(
 
         covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
         if not np.isfinite(covmean).all():
-            log.warning("sqrtm of the covariance product is not finite; adding %g to the diagonals (ADM/pytorch-fid fallback).", eps)
+            log.warning(
+                "sqrtm of the covariance product is not finite; adding %g to the diagonals (ADM/pytorch-fid fallback).",
+                eps,
+            )
             offset = np.eye(s1.shape[0]) * eps
             covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
         if np.iscomplexobj(covmean):
             if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-                raise ValueError(f"sqrtm of the covariance product has a large imaginary part ({np.abs(covmean.imag).max():.3g}); the covariances are not valid.")
+                raise ValueError(
+                    f"sqrtm of the covariance product has a large imaginary part ({np.abs(covmean.imag).max():.3g}); the covariances are not valid."
+                )
             covmean = covmean.real
         return float(np.trace(covmean))
     raise ValueError(f"Unknown method {method!r} for the matrix square root; use 'eigh' or 'scipy'.")
@@ -135,9 +142,13 @@ def frechet_distance(
     """Fréchet distance between two :class:`GaussianStats` of the same dimension (float64)."""
     for i, s in enumerate((stats1, stats2), 1):
         if not isinstance(s, GaussianStats):
-            raise TypeError(f"stats{i} must be GaussianStats (use feature_statistics(features)), got {type(s).__name__}.")
+            raise TypeError(
+                f"stats{i} must be GaussianStats (use feature_statistics(features)), got {type(s).__name__}."
+            )
     if stats1.dim != stats2.dim:
-        raise ValueError(f"Cannot compare statistics of {stats1.dim}-dimensional and {stats2.dim}-dimensional features (different feature networks or layers?).")
+        raise ValueError(
+            f"Cannot compare statistics of {stats1.dim}-dimensional and {stats2.dim}-dimensional features (different feature networks or layers?)."
+        )
     diff = stats1.mu - stats2.mu
     # tr((S1 S2)^(1/2)) = tr((S2 S1)^(1/2)): put the statistics with the smaller sample factor first
     ranked = sorted((stats1, stats2), key=lambda s: s.factor.shape[0] if s.factor is not None else s.dim + 1)

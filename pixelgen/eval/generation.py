@@ -25,9 +25,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,21 +57,41 @@ _SHARD_DIR = "shards"
 SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
     "xl_cfg": {  # PixelGen-XL/16, 160 epochs: FID 1.83 (Table 3)
         "sampler": "heun",
-        "params": {"num_steps": 50, "exact_henu": True, "guidance": 2.25, "guidance_interval_min": 0.1, "guidance_interval_max": 0.9, "timeshift": 2.0},
+        "params": {
+            "num_steps": 50,
+            "exact_henu": True,
+            "guidance": 2.25,
+            "guidance_interval_min": 0.1,
+            "guidance_interval_max": 0.9,
+            "timeshift": 2.0,
+        },
         "num": 50_000,
         "per_class": 50,
         "num_classes": 1000,
     },
     "xl_nocfg": {  # PixelGen-XL/16, 80 epochs: FID 5.11 (Table 2)
         "sampler": "heun",
-        "params": {"num_steps": 50, "exact_henu": True, "guidance": 1.0, "guidance_interval_min": 0.1, "guidance_interval_max": 0.9, "timeshift": 2.0},
+        "params": {
+            "num_steps": 50,
+            "exact_henu": True,
+            "guidance": 1.0,
+            "guidance_interval_min": 0.1,
+            "guidance_interval_max": 0.9,
+            "timeshift": 2.0,
+        },
         "num": 50_000,
         "per_class": 50,
         "num_classes": 1000,
     },
     "l_euler": {  # PixelGen-L/16 and the JiT baseline, 200k steps (Table 1)
         "sampler": "euler",
-        "params": {"num_steps": 50, "guidance": 1.0, "guidance_interval_min": 0.1, "guidance_interval_max": 1.0, "timeshift": 1.0},
+        "params": {
+            "num_steps": 50,
+            "guidance": 1.0,
+            "guidance_interval_min": 0.1,
+            "guidance_interval_max": 1.0,
+            "timeshift": 1.0,
+        },
         "num": 50_000,
         "per_class": 50,
         "num_classes": 1000,
@@ -88,15 +109,21 @@ def class_balanced_labels(num: int, per_class: int) -> torch.Tensor:
 def check_class_count(model: torch.nn.Module, num: int, per_class: int, expected_classes: int | None = None) -> int:
     """The model's class count, after checking it fits the labels asked for; one sentence when it does not."""
     if getattr(model, "cond_kind", "class") != "class":
-        raise ValueError("This checkpoint is a text-to-image model; class-balanced sets need a class-conditional one (use the prompt sets or `pixelgen generate`).")
+        raise ValueError(
+            "This checkpoint is a text-to-image model; class-balanced sets need a class-conditional one (use the prompt sets or `pixelgen generate`)."
+        )
     classes = getattr(model, "num_classes", None)
     if not isinstance(classes, int):
         raise TypeError("The model has no integer num_classes attribute (the backbone contract).")
     if expected_classes is not None and classes != expected_classes:
-        raise ValueError(f"The checkpoint has {classes} classes but {expected_classes} were asked for (set --num-classes or the preset to match the checkpoint).")
+        raise ValueError(
+            f"The checkpoint has {classes} classes but {expected_classes} were asked for (set --num-classes or the preset to match the checkpoint)."
+        )
     needed = math.ceil(num / per_class)
     if needed > classes:
-        raise ValueError(f"{num} samples at {per_class} per class need {needed} classes but the checkpoint has {classes}; lower --num-samples to at most {classes * per_class} or change --per-class.")
+        raise ValueError(
+            f"{num} samples at {per_class} per class need {needed} classes but the checkpoint has {classes}; lower --num-samples to at most {classes * per_class} or change --per-class."
+        )
     return classes
 
 
@@ -140,7 +167,9 @@ def _check_manifest(out: Path, manifest: Mapping[str, Any]) -> None:
         diff = {k: (stored.get(k), v) for k, v in manifest.items() if stored.get(k) != v}
         if diff:
             desc = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in list(diff.items())[:4])
-            raise ValueError(f"{out} holds samples of a different run ({desc}); choose another output folder or delete it.")
+            raise ValueError(
+                f"{out} holds samples of a different run ({desc}); choose another output folder or delete it."
+            )
     else:
         atomic_save_json(dict(manifest), path)
 
@@ -241,7 +270,9 @@ def generate_class_samples(
         return (stop - start, size, size, channels)
 
     if grouped:
-        todo = broadcast_object([k for k, a, b in shards if not _shard_ok(_shard_path(out, k), shard_shape(a, b))] if rank == 0 else None)
+        todo = broadcast_object(
+            [k for k, a, b in shards if not _shard_ok(_shard_path(out, k), shard_shape(a, b))] if rank == 0 else None
+        )
         skipped = len(shards) - len(todo)
         mine = todo[rank::world_size]
     else:
@@ -255,7 +286,12 @@ def generate_class_samples(
 
     result = GenerationResult(out, None, skipped_shards=skipped)
     log.info("rank %d/%d: %d shard(s) to generate, %d already done", rank, world_size, len(mine), skipped)
-    with tqdm(total=sum(shards[k][2] - shards[k][1] for k in mine), unit="img", desc=f"sampling (rank {rank})", disable=not progress) as bar:
+    with tqdm(
+        total=sum(shards[k][2] - shards[k][1] for k in mine),
+        unit="img",
+        desc=f"sampling (rank {rank})",
+        disable=not progress,
+    ) as bar:
         for k in mine:
             _, start, stop = shards[k]
             images = generate(
@@ -282,7 +318,12 @@ def generate_class_samples(
         return result
     missing = [k for k, a, b in shards if not _shard_ok(_shard_path(out, k), shard_shape(a, b))]
     if missing:
-        log.info("%d of %d shards still missing (%s ...); rerun the same command to continue", len(missing), len(shards), missing[:5])
+        log.info(
+            "%d of %d shards still missing (%s ...); rerun the same command to continue",
+            len(missing),
+            len(shards),
+            missing[:5],
+        )
         return result
 
     chunks = (np.load(_shard_path(out, k), mmap_mode="r") for k, _, _ in shards)

@@ -14,16 +14,24 @@ import hashlib
 import os
 import struct
 import zipfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
 from pixelgen.utils.io import atomic_write
 
-__all__ = ["ImageSet", "open_images", "npz_keys", "open_npz_array", "write_uint8_npz", "check_nhwc_uint8", "IMAGE_EXTENSIONS"]
+__all__ = [
+    "ImageSet",
+    "open_images",
+    "npz_keys",
+    "open_npz_array",
+    "write_uint8_npz",
+    "check_nhwc_uint8",
+    "IMAGE_EXTENSIONS",
+]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamp: identical images give identical bytes
@@ -34,7 +42,11 @@ def check_nhwc_uint8(arr: np.ndarray, name: str) -> np.ndarray:
     if arr.ndim != 4:
         raise ValueError(f"{name} must be a 4-D uint8 array (N, H, W, 3) in the ADM format, got shape {arr.shape}.")
     if arr.shape[-1] != 3:
-        hint = " (it looks channels-first; the ADM format is channels-last: use arr.transpose(0, 2, 3, 1))" if arr.shape[1] == 3 else ""
+        hint = (
+            " (it looks channels-first; the ADM format is channels-last: use arr.transpose(0, 2, 3, 1))"
+            if arr.shape[1] == 3
+            else ""
+        )
         raise ValueError(f"{name} must have shape (N, H, W, 3), got {arr.shape}{hint}.")
     if arr.dtype != np.uint8:
         raise TypeError(f"{name} must be uint8 with values 0-255 (the ADM format), got dtype {arr.dtype}.")
@@ -68,7 +80,9 @@ def open_npz_array(path: str | os.PathLike, key: str = "arr_0") -> np.ndarray:
             name_len, extra_len = struct.unpack("<HH", local[26:30])
             f.seek(info.header_offset + 30 + name_len + extra_len)
             version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, fortran, dtype = read_header(f)
             offset = f.tell()
         if not fortran and not dtype.hasobject:
@@ -77,12 +91,18 @@ def open_npz_array(path: str | os.PathLike, key: str = "arr_0") -> np.ndarray:
         return data[key]
 
 
-def write_uint8_npz(path: str | os.PathLike, shape: tuple[int, ...], chunks: Iterable[np.ndarray], key: str = "arr_0") -> Path:
+def write_uint8_npz(
+    path: str | os.PathLike, shape: tuple[int, ...], chunks: Iterable[np.ndarray], key: str = "arr_0"
+) -> Path:
     """Write ``chunks`` (uint8 arrays, concatenated along axis 0) as array ``key`` of shape ``shape`` into ``path``.
 
     Atomic (temporary file, then rename); deterministic bytes; loadable with ``np.load`` like ``np.savez``.
     """
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": tuple(int(s) for s in shape)}
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+        "fortran_order": False,
+        "shape": tuple(int(s) for s in shape),
+    }
     expected = int(np.prod(shape))
     written = 0
     with atomic_write(path) as tmp:
@@ -95,7 +115,9 @@ def write_uint8_npz(path: str | os.PathLike, shape: tuple[int, ...], chunks: Ite
                 for chunk in chunks:
                     chunk = np.ascontiguousarray(chunk)
                     if chunk.dtype != np.uint8 or chunk.shape[1:] != tuple(shape[1:]):
-                        raise ValueError(f"A chunk of shape {chunk.shape} and dtype {chunk.dtype} does not fit the uint8 array of shape {tuple(shape)}.")
+                        raise ValueError(
+                            f"A chunk of shape {chunk.shape} and dtype {chunk.dtype} does not fit the uint8 array of shape {tuple(shape)}."
+                        )
                     member.write(chunk.tobytes())
                     written += chunk.size
         if written != expected:
@@ -130,7 +152,9 @@ class ImageSet:
                 if first_size is None:
                     first_size = chunk.shape[1:3]
                 if chunk.shape[1:3] != first_size:
-                    raise ValueError(f"Images in {self.description} differ in size ({first_size} vs {chunk.shape[1:3]}); resize or crop them to one size first.")
+                    raise ValueError(
+                        f"Images in {self.description} differ in size ({first_size} vs {chunk.shape[1:3]}); resize or crop them to one size first."
+                    )
             yield torch.from_numpy(chunk).permute(0, 3, 1, 2).contiguous()
 
 
@@ -152,14 +176,18 @@ def _stat_fingerprint(entries: Iterable[Path], extra: str = "") -> str:
     return h.hexdigest()[:20]
 
 
-def open_images(source: str | os.PathLike | np.ndarray | torch.Tensor | ImageSet, *, name: str = "images", key: str = "arr_0") -> ImageSet:
+def open_images(
+    source: str | os.PathLike | np.ndarray | torch.Tensor | ImageSet, *, name: str = "images", key: str = "arr_0"
+) -> ImageSet:
     """An :class:`ImageSet` from an ADM ``.npz``/``.npy`` file, an image folder, an NHWC uint8 array, or an
     NCHW uint8 tensor (what :func:`pixelgen.samplers.generate` returns)."""
     if isinstance(source, ImageSet):
         return source
     if isinstance(source, torch.Tensor):
         if source.dtype != torch.uint8 or source.ndim != 4 or source.shape[1] != 3:
-            raise ValueError(f"{name} as a tensor must be uint8 (N, 3, H, W), got {source.dtype} {tuple(source.shape)}.")
+            raise ValueError(
+                f"{name} as a tensor must be uint8 (N, 3, H, W), got {source.dtype} {tuple(source.shape)}."
+            )
         return ImageSet(f"{name} tensor", array=source.permute(0, 2, 3, 1).contiguous().numpy())
     if isinstance(source, np.ndarray):
         return ImageSet(f"{name} array", array=check_nhwc_uint8(source, name))

@@ -20,8 +20,8 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -30,7 +30,14 @@ from pixelgen.utils.checks import check_tensor
 from pixelgen.utils.hub import WeightSource, resolve_weights
 from pixelgen.utils.io import safe_torch_load
 
-__all__ = ["INCEPTION_WEIGHTS", "InceptionFeatures", "build_inception", "FeatureExtractor", "check_uint8_images", "weights_digest"]
+__all__ = [
+    "INCEPTION_WEIGHTS",
+    "InceptionFeatures",
+    "build_inception",
+    "FeatureExtractor",
+    "check_uint8_images",
+    "weights_digest",
+]
 
 # What a feature extractor is for the metrics: uint8 (B, 3, H, W) images -> named (B, D) float features.
 FeatureExtractor = Callable[[torch.Tensor], dict[str, torch.Tensor]]
@@ -59,7 +66,9 @@ def _torch_fidelity_inception():
     try:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("The Inception metrics need torch-fidelity: pip install 'pixelgen[eval]' (or torch-fidelity).") from exc
+        raise ImportError(
+            "The Inception metrics need torch-fidelity: pip install 'pixelgen[eval]' (or torch-fidelity)."
+        ) from exc
     return FeatureExtractorInceptionV3
 
 
@@ -156,6 +165,8 @@ def build_inception(
         path = resolve_weights(INCEPTION_WEIGHTS, weights)
         state = safe_torch_load(path)
         if not isinstance(state, dict) or "Mixed_6d.branch1x1.conv.weight" not in state:
-            raise ValueError(f"{path} is not a torch-fidelity InceptionV3 state dict (expected keys such as 'Mixed_6d.branch1x1.conv.weight').")
+            raise ValueError(
+                f"{path} is not a torch-fidelity InceptionV3 state dict (expected keys such as 'Mixed_6d.branch1x1.conv.weight')."
+            )
         net, tag = _make_network(state, seed), f"inception-{weights_digest(Path(path))}"
     return InceptionFeatures(net, tag).to(device)

@@ -24,9 +24,10 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,13 +98,19 @@ def _squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return d.clamp_min_(0.0)
 
 
-def manifold_radii(features: np.ndarray | torch.Tensor, k: int = 3, *, block: int = 1000, device: str | torch.device = "cpu") -> torch.Tensor:
+def manifold_radii(
+    features: np.ndarray | torch.Tensor, k: int = 3, *, block: int = 1000, device: str | torch.device = "cpu"
+) -> torch.Tensor:
     """Squared distance of every point to its k-th nearest other point of the same set (N,), float32."""
     f = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=device)
     if f.ndim != 2 or f.shape[0] <= k:
-        raise ValueError(f"Precision/recall with k={k} needs more than {k} feature vectors per set, got shape {tuple(f.shape)}.")
+        raise ValueError(
+            f"Precision/recall with k={k} needs more than {k} feature vectors per set, got shape {tuple(f.shape)}."
+        )
     # index k of each sorted row: index 0 is the point itself (distance 0)
-    return torch.cat([_squared_distances(f[i : i + block], f).kthvalue(k + 1, dim=1).values for i in range(0, len(f), block)])
+    return torch.cat(
+        [_squared_distances(f[i : i + block], f).kthvalue(k + 1, dim=1).values for i in range(0, len(f), block)]
+    )
 
 
 def _inside(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, block: int) -> torch.Tensor:
@@ -128,7 +135,9 @@ def precision_recall(
     ref = torch.as_tensor(np.asarray(reference_features), dtype=torch.float32, device=device)
     gen = torch.as_tensor(np.asarray(sample_features), dtype=torch.float32, device=device)
     if ref.ndim != 2 or gen.ndim != 2 or ref.shape[1] != gen.shape[1]:
-        raise ValueError(f"Reference and sample features must be (N, D) with the same D, got {tuple(ref.shape)} and {tuple(gen.shape)}.")
+        raise ValueError(
+            f"Reference and sample features must be (N, D) with the same D, got {tuple(ref.shape)} and {tuple(gen.shape)}."
+        )
     for what, f in (("reference", ref), ("sample", gen)):
         if f.shape[0] <= k:
             raise ValueError(f"Precision/recall with k={k} needs more than {k} {what} images, got {f.shape[0]}.")
@@ -166,7 +175,9 @@ def extract_features(
             for name, value in out.items():
                 value = value.detach().float().cpu()
                 if value.ndim != 2 or value.shape[0] != batch.shape[0]:
-                    raise ValueError(f"The feature extractor's '{name}' output must be (B, D) for a batch of {batch.shape[0]}, got {tuple(value.shape)}.")
+                    raise ValueError(
+                        f"The feature extractor's '{name}' output must be (B, D) for a batch of {batch.shape[0]}, got {tuple(value.shape)}."
+                    )
                 if not torch.isfinite(value).all():
                     raise ValueError(f"The feature extractor's '{name}' output contains NaN or infinite values.")
                 parts.setdefault(name, []).append(value.numpy())
@@ -196,7 +207,9 @@ def _read_stats_file(path: Path, keys: list[str], ref: ReferenceFeatures) -> Non
             try:
                 ref.stats[kind] = GaussianStats(open_npz_array(path, mu_key), open_npz_array(path, sigma_key))
             except ValueError as exc:
-                raise ValueError(f"Reference {path.name}: '{mu_key}'/'{sigma_key}' are not valid statistics: {exc}") from exc
+                raise ValueError(
+                    f"Reference {path.name}: '{mu_key}'/'{sigma_key}' are not valid statistics: {exc}"
+                ) from exc
     if _FEATURES_KEY in keys:
         ref.pool_features = np.asarray(open_npz_array(path, _FEATURES_KEY))
     ref.stats_from_file = bool(ref.stats)
@@ -206,12 +219,20 @@ def _check_dims(ref: ReferenceFeatures, dims: dict[str, int]) -> None:
     for kind, stats in ref.stats.items():
         if kind in dims and stats.dim != dims[kind]:
             mu, _ = _FILE_STAT_NAMES[kind]
-            raise ValueError(f"Reference {ref.source}: '{mu}' is {stats.dim}-dimensional but the feature network gives {dims[kind]}-dimensional features.")
-    if ref.pool_features is not None and (ref.pool_features.ndim != 2 or ref.pool_features.shape[1] != dims.get("pool", 2048)):
-        raise ValueError(f"Reference {ref.source}: '{_FEATURES_KEY}' must be (N, {dims.get('pool', 2048)}), got {ref.pool_features.shape}.")
+            raise ValueError(
+                f"Reference {ref.source}: '{mu}' is {stats.dim}-dimensional but the feature network gives {dims[kind]}-dimensional features."
+            )
+    if ref.pool_features is not None and (
+        ref.pool_features.ndim != 2 or ref.pool_features.shape[1] != dims.get("pool", 2048)
+    ):
+        raise ValueError(
+            f"Reference {ref.source}: '{_FEATURES_KEY}' must be (N, {dims.get('pool', 2048)}), got {ref.pool_features.shape}."
+        )
 
 
-def _cached(cache_dir: Path | None, images: ImageSet, tag: str | None, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def _cached(
+    cache_dir: Path | None, images: ImageSet, tag: str | None, compute: Callable[[], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
     """Reference arrays from the cache, or computed and stored (keyed by content fingerprint and network tag)."""
     if cache_dir is None or images.fingerprint is None or not tag:
         return compute()
@@ -260,7 +281,9 @@ def load_reference(
     ``use_file_stats=False``; everything else is computed from its images (``arr_0``) and cached.
     """
     images: ImageSet | None = None
-    ref = ReferenceFeatures(source=str(reference) if isinstance(reference, (str, os.PathLike)) else "reference array", count=None)
+    ref = ReferenceFeatures(
+        source=str(reference) if isinstance(reference, (str, os.PathLike)) else "reference array", count=None
+    )
     path = Path(os.path.expanduser(str(reference))) if isinstance(reference, (str, os.PathLike)) else None
     if path is not None and path.suffix == ".npz" and path.is_file():
         keys = npz_keys(path)
@@ -269,7 +292,9 @@ def load_reference(
         if "arr_0" in keys:
             images = open_images(path, name="reference")
         elif not ref.stats:
-            raise ValueError(f"Reference {path} holds neither images ('arr_0') nor statistics ('mu'/'sigma'); it holds: {', '.join(keys)}.")
+            raise ValueError(
+                f"Reference {path} holds neither images ('arr_0') nor statistics ('mu'/'sigma'); it holds: {', '.join(keys)}."
+            )
     else:
         images = open_images(reference, name="reference")
     if images is not None:
@@ -279,13 +304,21 @@ def load_reference(
     need_pool = "pr" in metrics and ref.pool_features is None
     if (wants_inception or need_pool) and images is not None:
         if inception is None:
-            raise ValueError(f"Reference {ref.source} needs an Inception feature extractor for {', '.join(metrics)} (pass inception=build_inception(...)).")
+            raise ValueError(
+                f"Reference {ref.source} needs an Inception feature extractor for {', '.join(metrics)} (pass inception=build_inception(...))."
+            )
         kinds = sorted(set(wants_inception) | {"pool", "spatial"})  # one pass gives both; cache both
         arrays = _cached(
             Path(cache_dir) if cache_dir else None,
             images,
             getattr(inception, "tag", None),
-            lambda: _stats_arrays(extract_features(images, inception, batch_size=batch_size, progress=progress, desc="reference Inception"), kinds, keep_pool=True),
+            lambda: _stats_arrays(
+                extract_features(
+                    images, inception, batch_size=batch_size, progress=progress, desc="reference Inception"
+                ),
+                kinds,
+                keep_pool=True,
+            ),
         )
         for kind in ("pool", "spatial"):
             mu_key, sigma_key = _FILE_STAT_NAMES[kind]
@@ -294,18 +327,30 @@ def load_reference(
         ref.pool_features = arrays[_FEATURES_KEY]
     if "fd_dinov2" in metrics and "dinov2" not in ref.stats and images is not None:
         if dinov2 is None:
-            raise ValueError(f"Reference {ref.source} needs a DINOv2 feature extractor for fd_dinov2 (pass dinov2=build_dinov2_features(...)).")
+            raise ValueError(
+                f"Reference {ref.source} needs a DINOv2 feature extractor for fd_dinov2 (pass dinov2=build_dinov2_features(...))."
+            )
         arrays = _cached(
             Path(cache_dir) if cache_dir else None,
             images,
             getattr(dinov2, "tag", None),
-            lambda: _stats_arrays(extract_features(images, dinov2, batch_size=batch_size, progress=progress, desc="reference DINOv2"), ["dinov2"], keep_pool=False),
+            lambda: _stats_arrays(
+                extract_features(images, dinov2, batch_size=batch_size, progress=progress, desc="reference DINOv2"),
+                ["dinov2"],
+                keep_pool=False,
+            ),
         )
         ref.stats["dinov2"] = GaussianStats(arrays["mu_dinov2"], arrays["sigma_dinov2"], int(arrays["count"]))
 
-    missing = [m for m in metrics if (m in _STAT_KEYS and _STAT_KEYS[m] not in ref.stats) or (m == "pr" and ref.pool_features is None)]
+    missing = [
+        m
+        for m in metrics
+        if (m in _STAT_KEYS and _STAT_KEYS[m] not in ref.stats) or (m == "pr" and ref.pool_features is None)
+    ]
     if missing:
-        raise ValueError(f"Reference {ref.source} holds only precomputed statistics, which cannot give {', '.join(missing)}; those need its images ('arr_0').")
+        raise ValueError(
+            f"Reference {ref.source} holds only precomputed statistics, which cannot give {', '.join(missing)}; those need its images ('arr_0')."
+        )
     return ref
 
 
@@ -326,7 +371,12 @@ def _available_metrics(reference: Any) -> list[str]:
 def _versions() -> dict[str, str]:
     import pixelgen
 
-    out = {"pixelgen": pixelgen.__version__, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    out = {
+        "pixelgen": pixelgen.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
     try:
         import torch_fidelity
 
@@ -387,25 +437,46 @@ def evaluate(
 
         dinov2 = build_dinov2_features(weights=dinov2_weights, device=device)
 
-    ref = load_reference(reference, metrics=metrics, inception=inception, dinov2=dinov2, cache_dir=cache, batch_size=batch_size, use_file_stats=use_file_stats, progress=progress)
+    ref = load_reference(
+        reference,
+        metrics=metrics,
+        inception=inception,
+        dinov2=dinov2,
+        cache_dir=cache,
+        batch_size=batch_size,
+        use_file_stats=use_file_stats,
+        progress=progress,
+    )
     if isinstance(inception, InceptionFeatures):
         _check_dims(ref, {k2: v for k2, v in InceptionFeatures.feature_dims.items() if k2 != "logits"})
 
     feats: dict[str, np.ndarray] = {}
     if needs_inception:
-        feats.update(extract_features(sample_set, inception, batch_size=batch_size, limit=n, progress=progress, desc="sample Inception"))
+        feats.update(
+            extract_features(
+                sample_set, inception, batch_size=batch_size, limit=n, progress=progress, desc="sample Inception"
+            )
+        )
     if "fd_dinov2" in metrics:
-        feats.update(extract_features(sample_set, dinov2, batch_size=batch_size, limit=n, progress=progress, desc="sample DINOv2"))
+        feats.update(
+            extract_features(
+                sample_set, dinov2, batch_size=batch_size, limit=n, progress=progress, desc="sample DINOv2"
+            )
+        )
 
     results: dict[str, float] = {}
     for m in metrics:
         if m in _STAT_KEYS:
             kind = _STAT_KEYS[m]
-            results[m] = frechet_distance(feature_statistics(feats[kind], name=f"sample {kind} features"), ref.stats[kind], method=fd_method)  # type: ignore[arg-type]
+            results[m] = frechet_distance(
+                feature_statistics(feats[kind], name=f"sample {kind} features"), ref.stats[kind], method=fd_method
+            )  # type: ignore[arg-type]
         elif m == "is":
             results["inception_score"], results["inception_score_std"] = inception_score(feats["logits"], is_split_size)
         elif m == "pr":
-            results["precision"], results["recall"] = precision_recall(ref.pool_features, feats["pool"], k=k, device=device)  # type: ignore[arg-type]
+            results["precision"], results["recall"] = precision_recall(
+                ref.pool_features, feats["pool"], k=k, device=device
+            )  # type: ignore[arg-type]
     settings = {
         "samples": sample_set.description,
         "num_samples": n,

@@ -11,19 +11,43 @@ log = logging.getLogger("pixelgen.eval")
 
 
 def add_arguments(p) -> None:
-    p.add_argument("samples", help="samples: ADM-format .npz (arr_0 uint8 NHWC, e.g. from `pixelgen sample`) or an image folder")
-    p.add_argument("--ref", required=True, help="reference: ADM reference batch .npz (e.g. VIRTUAL_imagenet256_labeled.npz), an image folder, or a statistics .npz")
-    p.add_argument("--metrics", default=None, help="comma-separated subset of fid,sfid,is,pr,fd_dinov2 (default: fid,sfid,is,pr, or what a statistics-only reference allows)")
-    p.add_argument("--out", default=None, help="JSON file for the results (default: <samples>.metrics.json next to the samples)")
-    p.add_argument("--inception-weights", default=None, help="TF-compatible Inception weights file (torch-fidelity's weights-inception-2015-12-05-6726825d.pth); 'random' for a smoke test (meaningless numbers)")
-    p.add_argument("--dinov2-weights", default=None, help="DINOv2 weights for fd_dinov2 (default: resolved offline-first)")
+    p.add_argument(
+        "samples", help="samples: ADM-format .npz (arr_0 uint8 NHWC, e.g. from `pixelgen sample`) or an image folder"
+    )
+    p.add_argument(
+        "--ref",
+        required=True,
+        help="reference: ADM reference batch .npz (e.g. VIRTUAL_imagenet256_labeled.npz), an image folder, or a statistics .npz",
+    )
+    p.add_argument(
+        "--metrics",
+        default=None,
+        help="comma-separated subset of fid,sfid,is,pr,fd_dinov2 (default: fid,sfid,is,pr, or what a statistics-only reference allows)",
+    )
+    p.add_argument(
+        "--out", default=None, help="JSON file for the results (default: <samples>.metrics.json next to the samples)"
+    )
+    p.add_argument(
+        "--inception-weights",
+        default=None,
+        help="TF-compatible Inception weights file (torch-fidelity's weights-inception-2015-12-05-6726825d.pth); 'random' for a smoke test (meaningless numbers)",
+    )
+    p.add_argument(
+        "--dinov2-weights", default=None, help="DINOv2 weights for fd_dinov2 (default: resolved offline-first)"
+    )
     p.add_argument("--num-samples", type=int, default=None, help="use only the first N samples")
     p.add_argument("--batch-size", type=int, default=50, help="images per feature-network batch")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--cache-dir", default=None, help="where reference statistics are cached (default: ~/.cache/pixelgen/eval)")
+    p.add_argument(
+        "--cache-dir", default=None, help="where reference statistics are cached (default: ~/.cache/pixelgen/eval)"
+    )
     p.add_argument("--k", type=int, default=3, help="neighbourhood size of precision/recall (ADM: 3)")
     p.add_argument("--is-split-size", type=int, default=5000, help="samples per Inception Score split (ADM: 5000)")
-    p.add_argument("--recompute-ref-stats", action="store_true", help="ignore mu/sigma stored in the reference .npz and compute them from its images")
+    p.add_argument(
+        "--recompute-ref-stats",
+        action="store_true",
+        help="ignore mu/sigma stored in the reference .npz and compute them from its images",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

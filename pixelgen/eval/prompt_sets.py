@@ -32,10 +32,11 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +57,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # The sampler the released text-to-image model was evaluated with (spec §5.9): Adams-2, 25 steps, CFG 4, shift 3.
-T2I_EVAL_SAMPLING: dict[str, Any] = {"sampler": "adams", "params": {"order": 2, "num_steps": 25, "guidance": 4.0, "timeshift": 3.0}}
+T2I_EVAL_SAMPLING: dict[str, Any] = {
+    "sampler": "adams",
+    "params": {"order": 2, "num_steps": 25, "guidance": 4.0, "timeshift": 3.0},
+}
 DEFAULT_SEEDS = (0, 1, 2, 3)
 
 
@@ -83,7 +87,9 @@ def read_geneval_metadata(path: str | os.PathLike) -> list[PromptItem]:
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path} line {lineno} is not valid JSON ({exc.msg}).") from exc
         if not isinstance(entry, dict) or not isinstance(entry.get("prompt"), str) or not entry["prompt"].strip():
-            raise ValueError(f"{path} line {lineno} has no non-empty \"prompt\" string (GenEval metadata lines are JSON objects with a prompt).")
+            raise ValueError(
+                f'{path} line {lineno} has no non-empty "prompt" string (GenEval metadata lines are JSON objects with a prompt).'
+            )
         items.append(PromptItem(f"{len(items):05d}", entry["prompt"], line.strip()))
     if not items:
         raise ValueError(f"GenEval metadata file {path} holds no prompts.")
@@ -158,7 +164,9 @@ class _TextConditions:
 
 def _check_text_model(model: torch.nn.Module) -> None:
     if getattr(model, "cond_kind", None) != "text":
-        raise ValueError(f"Prompt sets need a text-to-image model; this one is conditioned on {getattr(model, 'cond_kind', 'unknown')!r}.")
+        raise ValueError(
+            f"Prompt sets need a text-to-image model; this one is conditioned on {getattr(model, 'cond_kind', 'unknown')!r}."
+        )
 
 
 def _render(
@@ -251,8 +259,20 @@ def generate_geneval(
     todo = [(item, s) for item in items for s in seeds if not image_path(item, s).is_file()]
     log.info("GenEval: %d prompts x %d seeds, %d images to generate", len(items), len(seeds), len(todo))
     name, params = _sampling(sampler, sampler_params)
-    for item, seed, image in _render(model, encoder, todo, sampler=name, sampler_params=params, batch_size=batch_size, height=height, width=width,
-                                     device=device, autocast_dtype=autocast_dtype, negative_prompt=negative_prompt, progress=progress):
+    for item, seed, image in _render(
+        model,
+        encoder,
+        todo,
+        sampler=name,
+        sampler_params=params,
+        batch_size=batch_size,
+        height=height,
+        width=width,
+        device=device,
+        autocast_dtype=autocast_dtype,
+        negative_prompt=negative_prompt,
+        progress=progress,
+    ):
         save_png(image, image_path(item, seed))
     for item in items:
         meta = out / item.key / "metadata.jsonl"
@@ -289,13 +309,27 @@ def generate_dpg(
     seeds = _check_seeds(seeds)
     side = math.isqrt(len(seeds))
     if side * side != len(seeds):
-        raise ValueError(f"DPG-Bench tiles the images of a prompt into a square grid; {len(seeds)} seeds are not a square number (use 4).")
+        raise ValueError(
+            f"DPG-Bench tiles the images of a prompt into a square grid; {len(seeds)} seeds are not a square number (use 4)."
+        )
     todo = [(item, s) for item in items if not (out / f"{item.key}.png").is_file() for s in seeds]
     log.info("DPG-Bench: %d prompts, %d images to generate", len(items), len(todo))
     name, params = _sampling(sampler, sampler_params)
     pending: dict[str, list[np.ndarray]] = {}
-    for item, _seed, image in _render(model, encoder, todo, sampler=name, sampler_params=params, batch_size=batch_size, height=height, width=width,
-                                      device=device, autocast_dtype=autocast_dtype, negative_prompt=negative_prompt, progress=progress):
+    for item, _seed, image in _render(
+        model,
+        encoder,
+        todo,
+        sampler=name,
+        sampler_params=params,
+        batch_size=batch_size,
+        height=height,
+        width=width,
+        device=device,
+        autocast_dtype=autocast_dtype,
+        negative_prompt=negative_prompt,
+        progress=progress,
+    ):
         pending.setdefault(item.key, []).append(image)
         if len(pending[item.key]) == len(seeds):  # jobs come in seed order, prompt by prompt
             save_png(tile_images(np.stack(pending.pop(item.key)), columns=side), out / f"{item.key}.png")
@@ -304,6 +338,10 @@ def generate_dpg(
 
 def _check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
     seeds = tuple(seeds)
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+    if (
+        not seeds
+        or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
         raise ValueError(f"seeds must be distinct non-negative integers, got {seeds!r}.")
     return tuple(int(s) for s in seeds)

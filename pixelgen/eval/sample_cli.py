@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 
-HELP = "generate a class-balanced sample set (samples.npz, ADM format) from a checkpoint; resumable, torchrun-distributed"
+HELP = (
+    "generate a class-balanced sample set (samples.npz, ADM format) from a checkpoint; resumable, torchrun-distributed"
+)
 
 log = logging.getLogger("pixelgen.sample")
 
@@ -25,18 +27,30 @@ def add_arguments(p) -> None:
 
     p.add_argument("--checkpoint", required=True, help="folder written by save_pretrained / `pixelgen convert`")
     p.add_argument("--out", required=True, help="output folder (shards, samples.npz, grids, run.json)")
-    p.add_argument("--preset", choices=sorted(SAMPLING_PRESETS), help="the paper's settings: xl_cfg (Heun 50, CFG 2.25 on (0.1, 0.9], shift 2), xl_nocfg (same, no CFG), l_euler (Euler 50)")
-    p.add_argument("--num-samples", type=int, help="number of samples (default: per-class x the checkpoint's classes; presets: 50000)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(SAMPLING_PRESETS),
+        help="the paper's settings: xl_cfg (Heun 50, CFG 2.25 on (0.1, 0.9], shift 2), xl_nocfg (same, no CFG), l_euler (Euler 50)",
+    )
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        help="number of samples (default: per-class x the checkpoint's classes; presets: 50000)",
+    )
     p.add_argument("--per-class", type=int, help="samples per class; sample i has class i // per-class (default 50)")
     p.add_argument("--num-classes", type=int, help="class count the checkpoint must have (presets: 1000)")
     p.add_argument("--sampler", help="registered sampler name (default heun)")
     p.add_argument("--steps", type=int, help="number of steps (default 50)")
     p.add_argument("--guidance", type=float, help="CFG scale (default 1.0)")
-    p.add_argument("--interval", type=float, nargs=2, metavar=("MIN", "MAX"), help="guidance interval (t_min, t_max] (default 0 1)")
+    p.add_argument(
+        "--interval", type=float, nargs=2, metavar=("MIN", "MAX"), help="guidance interval (t_min, t_max] (default 0 1)"
+    )
     p.add_argument("--shift", type=float, help="time-grid shift (default 1.0)")
     p.add_argument("--lazy-heun", action="store_true", help="Heun reusing the corrector velocity (exact_henu=False)")
     p.add_argument("--order", type=int, help="Adams order (adams sampler only)")
-    p.add_argument("--exact-final-step", action="store_true", help="land on x̂ at t=1 instead of the original's clamped last step")
+    p.add_argument(
+        "--exact-final-step", action="store_true", help="land on x̂ at t=1 instead of the original's clamped last step"
+    )
     p.add_argument("--seed", type=int, default=0, help="global seed; sample i's noise depends on (seed, i) only")
     p.add_argument("--batch-size", type=int, default=32, help="images per network batch (does not change the images)")
     p.add_argument("--shard-size", type=int, default=1000, help="images per resumable shard")
@@ -47,10 +61,22 @@ def add_arguments(p) -> None:
     p.add_argument("--world-size", type=int, default=None, help="number of independent jobs without torchrun")
     p.add_argument("--keep-shards", action="store_true", help="keep the shard files after samples.npz is written")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    t2i = p.add_argument_group("text-to-image prompt sets (default sampler: adams order 2, 25 steps, guidance 4, shift 3)")
-    t2i.add_argument("--geneval", metavar="JSONL", help="GenEval metadata file: 4 images per prompt (seeds 0-3) in <out>/<index>/samples/")
-    t2i.add_argument("--dpg", metavar="DIR", help="DPG-Bench prompt folder (.txt, first line = prompt): 2x2 tiles <out>/<stem>.png")
-    t2i.add_argument("--text-encoder", default=None, help="text encoder (registered name, folder or HF id; default: the checkpoint's)")
+    t2i = p.add_argument_group(
+        "text-to-image prompt sets (default sampler: adams order 2, 25 steps, guidance 4, shift 3)"
+    )
+    t2i.add_argument(
+        "--geneval",
+        metavar="JSONL",
+        help="GenEval metadata file: 4 images per prompt (seeds 0-3) in <out>/<index>/samples/",
+    )
+    t2i.add_argument(
+        "--dpg", metavar="DIR", help="DPG-Bench prompt folder (.txt, first line = prompt): 2x2 tiles <out>/<stem>.png"
+    )
+    t2i.add_argument(
+        "--text-encoder",
+        default=None,
+        help="text encoder (registered name, folder or HF id; default: the checkpoint's)",
+    )
     t2i.add_argument("--negative-prompt", default=None, help="prompt of the unconditional branch (default: empty)")
 
 
@@ -96,7 +122,10 @@ def _run_prompt_set(args, info) -> int:
     if info.distributed:
         raise ValueError("Prompt sets run in one process; start them without torchrun.")
     pipe = TextToImagePipeline.from_pretrained(
-        args.checkpoint, text_encoder=args.text_encoder, device=info.device, autocast_dtype=torch.bfloat16 if args.precision == "bf16" else None
+        args.checkpoint,
+        text_encoder=args.text_encoder,
+        device=info.device,
+        autocast_dtype=torch.bfloat16 if args.precision == "bf16" else None,
     )
     sampler, params, *_ = _settings(args, 0, base=T2I_EVAL_SAMPLING)
     write = generate_geneval if args.geneval else generate_dpg
@@ -159,7 +188,13 @@ def run(args) -> int:
     finally:
         cleanup_distributed(info)
     if result.images_generated:
-        print(f"rank {info.rank}: {result.images_generated} images in {result.seconds:.1f} s ({result.images_per_second:.2f} img/s)")
+        print(
+            f"rank {info.rank}: {result.images_generated} images in {result.seconds:.1f} s ({result.images_per_second:.2f} img/s)"
+        )
     if info.is_main:
-        print(f"samples: {result.samples}" if result.samples else f"not finished yet: rerun the same command to continue ({args.out})")
+        print(
+            f"samples: {result.samples}"
+            if result.samples
+            else f"not finished yet: rerun the same command to continue ({args.out})"
+        )
     return 0

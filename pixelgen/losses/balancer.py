@@ -21,7 +21,9 @@ def balance_parameter(model: nn.Module, name: str) -> torch.Tensor:
     try:
         return inner.get_parameter(name)
     except AttributeError:
-        raise AttributeError(f"The adaptive perceptual weight needs the backbone parameter '{name}', which {type(inner).__name__} does not have.") from None
+        raise AttributeError(
+            f"The adaptive perceptual weight needs the backbone parameter '{name}', which {type(inner).__name__} does not have."
+        ) from None
 
 
 class Balancer(nn.Module):

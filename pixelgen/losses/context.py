@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Callable, Hashable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -40,7 +40,7 @@ class LossContext:
     encoders: Mapping[str, nn.Module] = field(default_factory=dict)
     sample_mask: torch.Tensor | None = None
     _cache: dict = field(default_factory=dict, repr=False)
-    _parent: tuple["LossContext", torch.Tensor] | None = field(default=None, repr=False)
+    _parent: tuple[LossContext, torch.Tensor] | None = field(default=None, repr=False)
 
     @property
     def batch_size(self) -> int:
@@ -64,9 +64,11 @@ class LossContext:
         try:
             return self.encoders[role]
         except KeyError:
-            raise KeyError(f"No frozen encoder '{role}' in this objective (has: {', '.join(self.encoders) or 'none'}).") from None
+            raise KeyError(
+                f"No frozen encoder '{role}' in this objective (has: {', '.join(self.encoders) or 'none'})."
+            ) from None
 
-    def subset(self, index: torch.Tensor) -> "LossContext":
+    def subset(self, index: torch.Tensor) -> LossContext:
         """The context restricted to the samples ``index`` (1-D long tensor)."""
 
         def pick(v: torch.Tensor | None) -> torch.Tensor | None:
@@ -74,12 +76,19 @@ class LossContext:
 
         return replace(
             self,
-            x=self.x[index], raw=self.raw[index], x_t=self.x_t[index], t=self.t[index], x_hat=self.x_hat[index],
-            feature=pick(self.feature), gate=pick(self.gate), sample_mask=pick(self.sample_mask),
-            _cache={}, _parent=(self, index),
+            x=self.x[index],
+            raw=self.raw[index],
+            x_t=self.x_t[index],
+            t=self.t[index],
+            x_hat=self.x_hat[index],
+            feature=pick(self.feature),
+            gate=pick(self.gate),
+            sample_mask=pick(self.sample_mask),
+            _cache={},
+            _parent=(self, index),
         )
 
-    def masked(self, sample_mask: torch.Tensor) -> "LossContext":
+    def masked(self, sample_mask: torch.Tensor) -> LossContext:
         """The same samples, averaged only over ``sample_mask`` by :meth:`reduce` (shares this context's cache)."""
         return replace(self, sample_mask=sample_mask)
 
@@ -92,7 +101,7 @@ class LossContext:
             return None if hit is None else hit[index]
         return None
 
-    def cached(self, key: Hashable, compute: Callable[["LossContext"], torch.Tensor]) -> torch.Tensor:
+    def cached(self, key: Hashable, compute: Callable[[LossContext], torch.Tensor]) -> torch.Tensor:
         """``compute(self)`` once per key; later calls (from any term, or a subset) reuse the result."""
         hit = self._lookup(key)
         if hit is None:
@@ -103,7 +112,7 @@ class LossContext:
         """Encoder features of the clean [0, 1] image, without gradient; shared by REPA and P-DINO."""
         key = ("clean", role, None if layers is None else tuple(layers))
 
-        def compute(ctx: "LossContext") -> torch.Tensor:
+        def compute(ctx: LossContext) -> torch.Tensor:
             with torch.no_grad():
                 return ctx.encoder(role)(ctx.raw, layers=layers, check_range=False)
 
@@ -112,7 +121,9 @@ class LossContext:
     def reduce(self, per_sample: torch.Tensor) -> torch.Tensor:
         """Mean over samples, or over the ``sample_mask``-ed samples (0 when the mask is empty)."""
         if per_sample.shape != (self.batch_size,):
-            raise ValueError(f"A loss term must give one value per sample, shape ({self.batch_size},), got {tuple(per_sample.shape)}.")
+            raise ValueError(
+                f"A loss term must give one value per sample, shape ({self.batch_size},), got {tuple(per_sample.shape)}."
+            )
         if self.sample_mask is None:
             return per_sample.mean()
         m = self.sample_mask.to(per_sample.dtype)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,7 +25,14 @@ GATING_COMPUTE = ("subset", "masked")
 # Role of a frozen encoder -> the registered encoder built for it unless the objective is told otherwise.
 DEFAULT_ENCODERS = {"dinov2": "dinov2_vitb14", "lpips": "lpips"}
 # Our output keys -> the keys the original trainer logged (spec §4.9), for comparing training curves.
-UPSTREAM_LOG_NAMES = {"flow_matching": "fm_loss", "repa": "cos_loss", "lpips": "lpips_loss", "pdino": "dino_percept_loss", "percept_weight": "percept_weight", "loss": "loss"}
+UPSTREAM_LOG_NAMES = {
+    "flow_matching": "fm_loss",
+    "repa": "cos_loss",
+    "lpips": "lpips_loss",
+    "pdino": "dino_percept_loss",
+    "percept_weight": "percept_weight",
+    "loss": "loss",
+}
 
 
 class Objective(nn.Module):
@@ -102,7 +110,9 @@ class Objective(nn.Module):
         for key, holder in (("term_options", term_options), ("weights", dict(weights or {}))):
             stray = sorted(set(holder) - set(losses))
             if stray:
-                raise ValueError(f"{key} names term(s) {', '.join(stray)} that are not in losses ({', '.join(losses)}).")
+                raise ValueError(
+                    f"{key} names term(s) {', '.join(stray)} that are not in losses ({', '.join(losses)})."
+                )
 
         self.terms = nn.ModuleDict()
         for name in losses:
@@ -115,21 +125,35 @@ class Objective(nn.Module):
             if not isinstance(term, nn.Module):
                 raise TypeError(f"Loss term '{name}' must build an nn.Module, got {type(term).__name__}.")
             self.terms[name] = term
-        self.weights = {n: float((weights or {}).get(n, getattr(t, "default_weight", 1.0))) for n, t in self.terms.items()}
+        self.weights = {
+            n: float((weights or {}).get(n, getattr(t, "default_weight", 1.0))) for n, t in self.terms.items()
+        }
 
         self._frozen: dict[str, nn.Module] = self._build_encoders(dict(encoders or {}))
         for term in self.terms.values():
             if hasattr(term, "setup"):
                 term.setup(encoders=MappingProxyType(self._frozen), hidden_size=hidden_size)
 
-        self.balancer = balancer if isinstance(balancer, Balancer) else Balancer(**dict(balancer)) if balancer else Balancer(start_step=None)
+        self.balancer = (
+            balancer
+            if isinstance(balancer, Balancer)
+            else Balancer(**dict(balancer))
+            if balancer
+            else Balancer(start_step=None)
+        )
         if self.balancer.start_step is not None and balance_against not in self.terms:
-            raise ValueError(f"The adaptive perceptual weight balances against '{balance_against}', which is not in losses.")
+            raise ValueError(
+                f"The adaptive perceptual weight balances against '{balance_against}', which is not in losses."
+            )
         self.hidden_size, self.align_layer = hidden_size, align_layer
         self.percept_t_threshold, self.gating_compute = percept_t_threshold, gating_compute
         self.percept_ratio, self.balance_against = float(percept_ratio), balance_against
         self.time = dict(distribution=time_distribution, p_mean=p_mean, p_std=p_std, shift=time_shift)
-        self.noise_scale, self.cond_drop_prob, self.check_finite = float(noise_scale), float(cond_drop_prob), check_finite
+        self.noise_scale, self.cond_drop_prob, self.check_finite = (
+            float(noise_scale),
+            float(cond_drop_prob),
+            check_finite,
+        )
         self.needs_feature = any(getattr(t, "needs_feature", False) for t in self.terms.values())
 
     # -- frozen encoders --------------------------------------------------------------------------------
@@ -137,7 +161,9 @@ class Objective(nn.Module):
         roles = list(dict.fromkeys(r for t in self.terms.values() for r in getattr(t, "requires", ())))
         stray = sorted(set(specs) - set(roles) - set(DEFAULT_ENCODERS))  # known but unused roles are ignored
         if stray:
-            raise ValueError(f"encoders names role(s) {', '.join(stray)} that no loss term uses (used: {', '.join(roles) or 'none'}).")
+            raise ValueError(
+                f"encoders names role(s) {', '.join(stray)} that no loss term uses (used: {', '.join(roles) or 'none'})."
+            )
         built = {}
         for role in roles:
             spec = specs.get(role)
@@ -176,7 +202,14 @@ class Objective(nn.Module):
         self.terms["repa"].load_upstream_state(state)
 
     # -- evaluation -------------------------------------------------------------------------------------
-    def forward(self, model: nn.Module, batch: Mapping[str, Any], *, step: int | None = None, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        model: nn.Module,
+        batch: Mapping[str, Any],
+        *,
+        step: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
         """One objective evaluation on ``batch`` (``image`` in [-1, 1], ``raw`` in [0, 1], ``cond``, optional ``uncond``).
 
         ``raw`` defaults to ``(image + 1) / 2`` when absent. ``step`` is the global step (for the balancer);
@@ -196,7 +229,9 @@ class Objective(nn.Module):
             raw = (image + 1.0) / 2.0
         cond = batch["cond"]
         if not isinstance(cond, torch.Tensor) or cond.ndim < 1 or cond.shape[0] != image.shape[0]:
-            raise ValueError(f"batch['cond'] must be a tensor with one condition per image ({image.shape[0]}), got {getattr(cond, 'shape', type(cond).__name__)}.")
+            raise ValueError(
+                f"batch['cond'] must be a tensor with one condition per image ({image.shape[0]}), got {getattr(cond, 'shape', type(cond).__name__)}."
+            )
         num_classes = getattr(model, "num_classes", None)
         if not cond.is_floating_point() and num_classes is not None:
             check_labels(cond, num_classes, "batch['cond']", batch=image.shape[0])
@@ -230,7 +265,17 @@ class Objective(nn.Module):
         check_same_shape(noise, image, "noise", "image")
         return self._evaluate(model, image, raw, cond, t, noise, step=step)
 
-    def _evaluate(self, model: nn.Module, image: torch.Tensor, raw: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, *, step: int | None) -> dict[str, torch.Tensor]:
+    def _evaluate(
+        self,
+        model: nn.Module,
+        image: torch.Tensor,
+        raw: torch.Tensor,
+        cond: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        *,
+        step: int | None,
+    ) -> dict[str, torch.Tensor]:
         """:meth:`evaluate` for a checked ``image`` and valid ``t`` (this runs every training step: few host syncs)."""
         check_same_shape(raw, image, "raw", "image")
         check_pixel_ranges([(image, "The training image", (-1.0, 1.0)), (raw, "The raw training image", (0.0, 1.0))])
@@ -246,13 +291,19 @@ class Objective(nn.Module):
             x_hat = out
         check_same_shape(x_hat, image, "The model's prediction x_hat", "the clean image x")
         gate = None if self.percept_t_threshold is None else t >= self.percept_t_threshold
-        ctx = LossContext(x=image, raw=raw, x_t=x_t, t=t, x_hat=x_hat, feature=feature, gate=gate, encoders=self.encoders)
+        ctx = LossContext(
+            x=image, raw=raw, x_t=x_t, t=t, x_hat=x_hat, feature=feature, gate=gate, encoders=self.encoders
+        )
 
         values = self._term_values(ctx)
         if self.check_finite:
             stacked = torch.stack([v.detach().float() for v in values.values()])
             if not bool(torch.isfinite(stacked).all()):
-                bad = [f"'{n}' ({float(v.detach()):.4g})" for n, v in values.items() if not torch.isfinite(v.detach()).all()]
+                bad = [
+                    f"'{n}' ({float(v.detach()):.4g})"
+                    for n, v in values.items()
+                    if not torch.isfinite(v.detach()).all()
+                ]
                 raise FloatingPointError(f"Loss term {', '.join(bad)} is NaN or infinite.")
 
         plain = [self.weights[n] * v for n, v in values.items() if not getattr(self.terms[n], "perceptual", False)]
@@ -279,7 +330,9 @@ class Objective(nn.Module):
             else:
                 value = ctx.constant(0.0) if gated_ctx is None else term(gated_ctx)
             if not isinstance(value, torch.Tensor) or value.ndim != 0:
-                raise TypeError(f"Loss term '{name}' must return a 0-dim tensor, got {getattr(value, 'shape', type(value).__name__)}.")
+                raise TypeError(
+                    f"Loss term '{name}' must return a 0-dim tensor, got {getattr(value, 'shape', type(value).__name__)}."
+                )
             values[name] = at_least_float32(value)
         return values
 
@@ -292,14 +345,20 @@ class Objective(nn.Module):
         return ctx if index.numel() == ctx.batch_size else ctx.subset(index)
 
     def extra_repr(self) -> str:
-        terms = ", ".join(f"{n}×{w:g}{' (gated)' if getattr(self.terms[n], 'gated', False) else ''}" for n, w in self.weights.items())
+        terms = ", ".join(
+            f"{n}×{w:g}{' (gated)' if getattr(self.terms[n], 'gated', False) else ''}" for n, w in self.weights.items()
+        )
         return f"terms=[{terms}], percept_t_threshold={self.percept_t_threshold}, gating_compute={self.gating_compute!r}, encoders={list(self._frozen)}"
 
 
-def _per_sample_draws(image: torch.Tensor, seeds: object, distribution: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _per_sample_draws(
+    image: torch.Tensor, seeds: object, distribution: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(time draws, standard-normal noise like ``image``, dropout draws), sample i from a CPU generator seeded ``seeds[i]``."""
     if not isinstance(seeds, torch.Tensor) or seeds.shape != (image.shape[0],) or seeds.is_floating_point():
-        raise ValueError(f"batch['seeds'] must be an integer tensor of shape ({image.shape[0]},), got {getattr(seeds, 'shape', type(seeds).__name__)}.")
+        raise ValueError(
+            f"batch['seeds'] must be an integer tensor of shape ({image.shape[0]},), got {getattr(seeds, 'shape', type(seeds).__name__)}."
+        )
     # One row per sample, in draw order: [time, noise..., dropout]; one buffer makes one host-to-device copy.
     draws = torch.empty(image.shape[0], image[0].numel() + 2)
     for row, seed in zip(draws, seeds.tolist()):

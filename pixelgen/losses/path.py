@@ -14,7 +14,9 @@ __all__ = ["TIME_DISTRIBUTIONS", "sample_t", "time_shift", "interpolate", "x_to_
 TIME_DISTRIBUTIONS = ("logit_normal", "uniform")
 
 
-def _draw(kind: str, shape: tuple[int, ...], device: torch.device | str | None, generator: torch.Generator | None) -> torch.Tensor:
+def _draw(
+    kind: str, shape: tuple[int, ...], device: torch.device | str | None, generator: torch.Generator | None
+) -> torch.Tensor:
     """Random numbers drawn on the generator's device (so seeded runs agree across devices), then moved."""
     where = generator.device if generator is not None else device
     fn = torch.randn if kind == "normal" else torch.rand
@@ -120,5 +122,7 @@ def drop_condition(
     if uncond.ndim == cond.ndim - 1:
         uncond = uncond.unsqueeze(0)
     if uncond.ndim != cond.ndim or uncond.shape[1:] != cond.shape[1:] or uncond.shape[0] not in (1, cond.shape[0]):
-        raise ValueError(f"The unconditional embedding of shape {tuple(uncond.shape)} does not match conditions of shape {tuple(cond.shape)}.")
+        raise ValueError(
+            f"The unconditional embedding of shape {tuple(uncond.shape)} does not match conditions of shape {tuple(cond.shape)}."
+        )
     return torch.where(drop.reshape(-1, *([1] * (cond.ndim - 1))), uncond.expand_as(cond), cond)

@@ -20,7 +20,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # training_repa_JiT_LPIPS_DINO: + P-DINO, both perceptual terms over all samples (no gating, no adaptive w).
     "jit_repa_lpips_pdino": dict(losses=_ALL, percept_t_threshold=None),
     # PixelGen (…_NoiseGating): gating at t ≥ 0.3 (P-DINO with the upstream behaviour), adaptive w from 400k.
-    "pixelgen": dict(losses=_ALL, percept_t_threshold=0.3, pdino_gating="original", balancer={"start_step": 400_000, "every": 50}),
+    "pixelgen": dict(
+        losses=_ALL, percept_t_threshold=0.3, pdino_gating="original", balancer={"start_step": 400_000, "every": 50}
+    ),
 }
 PRESET_ALIASES = {"+lpips": "jit_repa_lpips", "+lpips+pdino": "jit_repa_lpips_pdino"}
 
@@ -39,7 +41,11 @@ def build_objective(preset: str = "pixelgen", **overrides: Any) -> Objective:
     name = PRESET_ALIASES.get(preset, preset)
     if name not in PRESETS:
         close = difflib.get_close_matches(str(preset), list_presets(), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else f"; presets: {', '.join(list_presets())}."
+        hint = (
+            f"; did you mean {', '.join(repr(c) for c in close)}?"
+            if close
+            else f"; presets: {', '.join(list_presets())}."
+        )
         raise KeyError(f"Unknown objective preset {preset!r}{hint}")
     valid = set(objective_options()) | {"extra_losses"}
     unknown = sorted(set(overrides) - valid)

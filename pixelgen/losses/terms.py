@@ -17,7 +17,7 @@ term can size its own trainable parts (the REPA projector) before the optimiser 
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -109,7 +109,14 @@ class RepaTerm(LossTerm):
     needs_feature = True
     default_weight = 0.5
 
-    def __init__(self, hidden_size: int | None = None, encoder_dim: int | None = None, *, encoder: str = "dinov2", layers: Sequence[int] | None = None):
+    def __init__(
+        self,
+        hidden_size: int | None = None,
+        encoder_dim: int | None = None,
+        *,
+        encoder: str = "dinov2",
+        layers: Sequence[int] | None = None,
+    ):
         super().__init__()
         self.encoder_role = encoder
         self.requires = (encoder,)
@@ -122,13 +129,19 @@ class RepaTerm(LossTerm):
         for value, what in ((hidden, "hidden_size"), (dim, "encoder_dim")):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"REPA's {what} must be a positive integer, got {value!r}.")
-        self.proj.append(nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, dim)))
+        self.proj.append(
+            nn.Sequential(
+                nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, dim)
+            )
+        )
 
     def setup(self, *, encoders: Mapping[str, nn.Module], hidden_size: int | None) -> None:
         if len(self.proj):
             return
         if hidden_size is None:
-            raise ValueError("The REPA projector needs the backbone width: pass hidden_size=model.hidden_size to build_objective.")
+            raise ValueError(
+                "The REPA projector needs the backbone width: pass hidden_size=model.hidden_size to build_objective."
+            )
         encoder = encoders[self.encoder_role]
         self._build(hidden_size, int(encoder.embed_dim))
 
@@ -138,18 +151,26 @@ class RepaTerm(LossTerm):
         for key, value in state.items():
             for prefix in ("diffusion_trainer.proj.", "proj."):
                 if key.startswith(prefix):
-                    ours[key[len(prefix):]] = value
+                    ours[key[len(prefix) :]] = value
         if not ours:
-            raise KeyError("No REPA projector weights ('diffusion_trainer.proj.*' or 'proj.*') in the given state dict.")
+            raise KeyError(
+                "No REPA projector weights ('diffusion_trainer.proj.*' or 'proj.*') in the given state dict."
+            )
         if not len(self.proj):
-            raise RuntimeError("The REPA projector is not built yet; build the objective (or pass hidden_size and encoder_dim) first.")
+            raise RuntimeError(
+                "The REPA projector is not built yet; build the objective (or pass hidden_size and encoder_dim) first."
+            )
         self.proj.load_state_dict(ours)
 
     def per_sample(self, ctx: LossContext) -> torch.Tensor:
         if ctx.feature is None:
-            raise ValueError("REPA needs the backbone's hidden tokens; the objective must call the model with return_layer.")
+            raise ValueError(
+                "REPA needs the backbone's hidden tokens; the objective must call the model with return_layer."
+            )
         if not len(self.proj):
-            raise RuntimeError("The REPA projector is not built; pass hidden_size and encoder_dim, or use it inside an Objective.")
+            raise RuntimeError(
+                "The REPA projector is not built; pass hidden_size and encoder_dim, or use it inside an Objective."
+            )
         target = ctx.clean_features(self.encoder_role, self.layers)
         feat = ctx.feature
         if feat.ndim != 3 or feat.shape[:2] != target.shape[:2]:
@@ -176,7 +197,9 @@ class LpipsTerm(LossTerm):
     def __init__(self, patch_size: int = 16, base_patch_size: int = 16, *, encoder: str = "lpips"):
         super().__init__()
         if patch_size < 1 or base_patch_size < 1:
-            raise ValueError(f"patch sizes must be positive, got patch_size={patch_size}, base_patch_size={base_patch_size}.")
+            raise ValueError(
+                f"patch sizes must be positive, got patch_size={patch_size}, base_patch_size={base_patch_size}."
+            )
         self.patch_size, self.base_patch_size = patch_size, base_patch_size
         self.encoder_role = encoder
         self.requires = (encoder,)
@@ -185,7 +208,10 @@ class LpipsTerm(LossTerm):
         pred, target = ctx.x_hat, ctx.x
         if self.patch_size != self.base_patch_size:
             side = int(pred.shape[-2] * self.base_patch_size / self.patch_size)
-            pred, target = (F.interpolate(v, size=(side, side), mode="bilinear", align_corners=False, antialias=True) for v in (pred, target))
+            pred, target = (
+                F.interpolate(v, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+                for v in (pred, target)
+            )
         return ctx.encoder(self.encoder_role)(pred, target, check_range=False)  # the objective checked x
 
 

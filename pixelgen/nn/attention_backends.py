@@ -42,7 +42,12 @@ SDPA_KERNELS = {
 }
 ATTENTION_BACKENDS = ("auto", "sdpa", "xformers", "math", *SDPA_KERNELS)
 # PyTorch's usual order, used after the preferred kernel.
-_SDPA_FALLBACK_ORDER = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH)
+_SDPA_FALLBACK_ORDER = (
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.CUDNN_ATTENTION,
+    SDPBackend.MATH,
+)
 
 _xformers_ops: ModuleType | None = None
 _xformers_disabled: str | None = None  # reason xformers can never be used in this process
@@ -104,7 +109,9 @@ def _sdpa(q, k, v, dropout_p: float, key_padding_mask: torch.Tensor | None) -> t
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
-def _sdpa_preferring(kernel: SDPBackend, q, k, v, dropout_p: float, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+def _sdpa_preferring(
+    kernel: SDPBackend, q, k, v, dropout_p: float, key_padding_mask: torch.Tensor | None
+) -> torch.Tensor:
     order = [kernel, *(b for b in _SDPA_FALLBACK_ORDER if b != kernel)]
     with sdpa_kernel(order, set_priority=True):
         return _sdpa(q, k, v, dropout_p, key_padding_mask)
@@ -120,9 +127,7 @@ def _math(q, k, v, dropout_p: float, key_padding_mask: torch.Tensor | None) -> t
 
 def _xformers(q, k, v, dropout_p: float) -> torch.Tensor:
     assert _xformers_ops is not None
-    out = _xformers_ops.memory_efficient_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), p=dropout_p
-    )
+    out = _xformers_ops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), p=dropout_p)
     return out.transpose(1, 2)
 
 

@@ -24,7 +24,9 @@ class RotaryTable(NamedTuple):
 
 def _check_head_dim(head_dim: int) -> None:
     if head_dim <= 0 or head_dim % 4:
-        raise ValueError(f"2-D RoPE needs a head dimension divisible by 4 (two axes of rotation pairs), got {head_dim}.")
+        raise ValueError(
+            f"2-D RoPE needs a head dimension divisible by 4 (two axes of rotation pairs), got {head_dim}."
+        )
 
 
 def axial_rope_2d(
@@ -87,9 +89,7 @@ def apply_rotary_pairs(x: torch.Tensor, table: RotaryTable) -> torch.Tensor:
     """
     tokens, pairs = table.cos.shape
     if x.shape[-2] != tokens or x.shape[-1] != 2 * pairs:
-        raise ValueError(
-            f"RoPE table covers {tokens} tokens x {2 * pairs} channels but the input is {tuple(x.shape)}."
-        )
+        raise ValueError(f"RoPE table covers {tokens} tokens x {2 * pairs} channels but the input is {tuple(x.shape)}.")
     x32 = x.float().unflatten(-1, (pairs, 2))
     cos, sin = table.cos.to(x.device), table.sin.to(x.device)
     if torch.compiler.is_compiling():

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -64,7 +65,12 @@ class Sampler:
         self.exact_final_step = exact_final_step
         if t_eps is None:
             t_eps = 0.0 if exact_final_step else DEFAULT_T_EPS
-        if isinstance(t_eps, bool) or not isinstance(t_eps, (int, float)) or not 0.0 <= t_eps < 1.0 or math.isnan(t_eps):
+        if (
+            isinstance(t_eps, bool)
+            or not isinstance(t_eps, (int, float))
+            or not 0.0 <= t_eps < 1.0
+            or math.isnan(t_eps)
+        ):
             raise ValueError(f"t_eps must be a number in [0, 1), got {t_eps!r}.")
         self.t_eps = float(t_eps)
         # Host-side copies for the loop: grid times, and step sizes t_{i+1} − t_i subtracted in float32 as the
@@ -99,7 +105,9 @@ class Sampler:
             raise TypeError(f"denoiser must be callable as denoiser(x, t, cond), got {type(denoiser).__name__}.")
         noise = check_tensor(noise, "noise", floating=True)
         if noise.ndim < 2:
-            raise ValueError(f"noise must be a batch (B, ...) with at least 2 dimensions, got shape {tuple(noise.shape)}.")
+            raise ValueError(
+                f"noise must be a batch (B, ...) with at least 2 dimensions, got shape {tuple(noise.shape)}."
+            )
         batch = noise.shape[0]
         cond = _check_condition(cond, "cond", batch)
         needs_uncond = any(self.guided_steps())
@@ -135,7 +143,9 @@ class Sampler:
 
 def _check_condition(c: Any, name: str, batch: int) -> Any:
     if not isinstance(c, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor (class labels (B,) or text embeddings (B, L, D)), got {type(c).__name__}.")
+        raise TypeError(
+            f"{name} must be a tensor (class labels (B,) or text embeddings (B, L, D)), got {type(c).__name__}."
+        )
     if c.ndim == 0 or (c.shape[0] != batch and not (name == "uncond" and c.shape[0] == 1)):
         raise ValueError(f"{name} has {c.shape[0] if c.ndim else 0} rows but the noise batch has {batch}.")
     return c

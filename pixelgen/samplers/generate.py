@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,9 @@ def sample_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def initial_noise(seed: int, indices: Sequence[int], shape: Sequence[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
+def initial_noise(
+    seed: int, indices: Sequence[int], shape: Sequence[int]
+) -> tuple[torch.Tensor, list[torch.Generator]]:
     """The starting noise of samples ``indices`` (stacked, on the CPU) and their generators, which stochastic
     samplers continue: sample i's noise depends on (seed, i) alone."""
     generators = [sample_generator(seed, i) for i in indices]
@@ -42,7 +45,9 @@ def _check_nonnegative_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def _conditions(model: torch.nn.Module, labels_or_embeddings: Any, uncond: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _conditions(
+    model: torch.nn.Module, labels_or_embeddings: Any, uncond: Any
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(conditions (N, ...), unconditional condition (1 or N, ...) or None), checked against the model."""
     kind = getattr(model, "cond_kind", None)
     cond = labels_or_embeddings
@@ -122,12 +127,16 @@ def generate(
         sampler = build_sampler(sampler)
     elif not callable(sampler):
         raise TypeError(f"sampler must be a registered name or a sampler, got {type(sampler).__name__}.")
-    cond, uncond_cond = _conditions(model, labels_or_embeddings, uncond)  # the sampler refuses a guided run without uncond
+    cond, uncond_cond = _conditions(
+        model, labels_or_embeddings, uncond
+    )  # the sampler refuses a guided run without uncond
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
     autocast = (
-        torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
+        torch.autocast(device_type=device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
     )
 
     denoiser = GraphedDenoiser(model) if cuda_graphs else model
@@ -143,7 +152,9 @@ def generate(
                 batch_cond = cond[first : first + len(rows)].to(device)
                 batch_uncond = None
                 if uncond_cond is not None:  # one row (the sampler broadcasts it) or one per sample
-                    batch_uncond = (uncond_cond if uncond_cond.shape[0] == 1 else uncond_cond[first : first + len(rows)]).to(device)
+                    batch_uncond = (
+                        uncond_cond if uncond_cond.shape[0] == 1 else uncond_cond[first : first + len(rows)]
+                    ).to(device)
                 with autocast, values_checked_by_caller():  # grid times, labels checked above: no sync per call
                     x = sampler(denoiser, noise, batch_cond, batch_uncond, generator=generators)
                 images.append(to_uint8(x).cpu())

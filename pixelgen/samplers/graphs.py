@@ -10,7 +10,8 @@ hundreds of kernel launches, which removes the CPU launch gaps between small ker
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -44,11 +45,19 @@ class GraphedDenoiser:
     graph_devices: tuple[str, ...] = ("cuda",)
     """Device types whose calls are recorded (CUDA graphs exist only there)."""
 
-    def __init__(self, denoiser: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor], *, warmup_calls: int = 2, enabled: bool = True):
+    def __init__(
+        self,
+        denoiser: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],
+        *,
+        warmup_calls: int = 2,
+        enabled: bool = True,
+    ):
         if not callable(denoiser):
             raise TypeError(f"denoiser must be callable as denoiser(x, t, cond), got {type(denoiser).__name__}.")
         if isinstance(warmup_calls, bool) or not isinstance(warmup_calls, int) or warmup_calls < 1:
-            raise ValueError(f"warmup_calls must be a positive integer (graphs need a warmed-up network), got {warmup_calls!r}.")
+            raise ValueError(
+                f"warmup_calls must be a positive integer (graphs need a warmed-up network), got {warmup_calls!r}."
+            )
         self.denoiser = denoiser
         self.warmup_calls = warmup_calls
         self.enabled = bool(enabled)
@@ -62,7 +71,12 @@ class GraphedDenoiser:
         return len(self._graphs)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-        if not self.enabled or x.device.type not in self.graph_devices or torch.is_grad_enabled() or not isinstance(cond, torch.Tensor):
+        if (
+            not self.enabled
+            or x.device.type not in self.graph_devices
+            or torch.is_grad_enabled()
+            or not isinstance(cond, torch.Tensor)
+        ):
             return self.denoiser(x, t, cond)
         autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
         key = (_signature(x), _signature(t), _signature(cond), autocast)
@@ -76,7 +90,9 @@ class GraphedDenoiser:
         self.replays += 1
         return static_out.clone()
 
-    def _call_without_cast_cache(self, inputs: tuple[torch.Tensor, ...], autocast: tuple[bool, torch.dtype]) -> torch.Tensor:
+    def _call_without_cast_cache(
+        self, inputs: tuple[torch.Tensor, ...], autocast: tuple[bool, torch.dtype]
+    ) -> torch.Tensor:
         enabled, dtype = autocast
         with torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False):
             return self.denoiser(*inputs)

@@ -7,7 +7,7 @@ integrates t upwards from 0 to 1.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

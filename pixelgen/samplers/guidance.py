@@ -8,8 +8,9 @@ the halves are ordered (unconditional, conditional) exactly as the original, in 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

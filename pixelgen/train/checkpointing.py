@@ -23,7 +23,13 @@ import torch
 
 from ..utils.io import CheckpointError, atomic_save, atomic_write, safe_torch_load
 
-__all__ = ["capture_rng_state", "restore_rng_state", "CheckpointManager", "CHECKPOINT_FORMAT", "load_training_checkpoint"]
+__all__ = [
+    "capture_rng_state",
+    "restore_rng_state",
+    "CheckpointManager",
+    "CHECKPOINT_FORMAT",
+    "load_training_checkpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +41,13 @@ def capture_rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
     }
@@ -47,11 +59,17 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         if len(state["cuda"]) != torch.cuda.device_count():
-            log.warning("The checkpoint holds CUDA RNG states for %d devices but %d are visible; CUDA RNG not restored.", len(state["cuda"]), torch.cuda.device_count())
+            log.warning(
+                "The checkpoint holds CUDA RNG states for %d devices but %d are visible; CUDA RNG not restored.",
+                len(state["cuda"]),
+                torch.cuda.device_count(),
+            )
         else:
             torch.cuda.set_rng_state_all(state["cuda"])
 

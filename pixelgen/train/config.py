@@ -152,13 +152,19 @@ class TrainConfig:
                 f"optim.grad_clip must be positive or null (no clipping), got {self.optim.grad_clip}.",
             ),
             (0.0 <= self.ema_decay <= 1.0, f"ema_decay must lie in [0, 1], got {self.ema_decay}."),
-            (self.precision in {"auto", "bf16", "fp16", "fp32"}, f"precision must be auto, bf16, fp16 or fp32, got {self.precision!r}."),
+            (
+                self.precision in {"auto", "bf16", "fp16", "fp32"},
+                f"precision must be auto, bf16, fp16 or fp32, got {self.precision!r}.",
+            ),
             (self.strategy in {"ddp", "fsdp"}, f"strategy must be 'ddp' or 'fsdp', got {self.strategy!r}."),
             (self.ckpt_every >= 1, f"ckpt_every must be >= 1, got {self.ckpt_every}."),
             (self.keep_every >= 1, f"keep_every must be >= 1, got {self.keep_every}."),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}."),
             (self.max_bad_steps >= 1, f"max_bad_steps must be >= 1, got {self.max_bad_steps}."),
-            (self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1 or null, got {self.num_threads}."),
+            (
+                self.num_threads is None or self.num_threads >= 1,
+                f"num_threads must be >= 1 or null, got {self.num_threads}.",
+            ),
             (self.sample.every >= 1, f"sample.every must be >= 1, got {self.sample.every}."),
             (self.sample.num_images >= 0, f"sample.num_images must be >= 0, got {self.sample.num_images}."),
         ]
@@ -174,7 +180,7 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Rebuild a config from :meth:`to_dict` output; unknown keys are an error (one sentence)."""
         return _from_dict(cls, data, "config")
 
@@ -193,7 +199,13 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
-_SECTIONS = {"model": ModelConfig, "objective": ObjectiveConfig, "data": DataConfig, "optim": OptimConfig, "sample": SampleConfig}
+_SECTIONS = {
+    "model": ModelConfig,
+    "objective": ObjectiveConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "sample": SampleConfig,
+}
 
 
 def _dataclass_type(f: dataclasses.Field) -> type | None:
@@ -240,10 +252,17 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
         leaf = parts[-1]
         free_form = _is_free_form(parts[:-1])
         if not isinstance(node, dict) or (leaf not in node and not free_form):
-            raise KeyError(f"Unknown config key {key!r}; known keys here: {sorted(node) if isinstance(node, dict) else []}.")
+            raise KeyError(
+                f"Unknown config key {key!r}; known keys here: {sorted(node) if isinstance(node, dict) else []}."
+            )
         node[leaf] = parse_override_value(raw)
     return TrainConfig.from_dict(data)
 
 
 def _is_free_form(path: list[str]) -> bool:
-    return tuple(path) in {("model", "overrides"), ("objective", "overrides"), ("data", "options"), ("sample", "params")}
+    return tuple(path) in {
+        ("model", "overrides"),
+        ("objective", "overrides"),
+        ("data", "options"),
+        ("sample", "params"),
+    }

@@ -80,7 +80,9 @@ def setup_distributed(device: str | None = None) -> DistInfo:
     initialised_here = False
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world, device_id=dev if dev.type == "cuda" else None)
+        dist.init_process_group(
+            backend=backend, rank=rank, world_size=world, device_id=dev if dev.type == "cuda" else None
+        )
         initialised_here = True
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev, initialised_here=initialised_here)
 

@@ -11,8 +11,9 @@ import logging
 import math
 import os
 import textwrap
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -84,9 +85,15 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
-def plot_loss_curve(records: Sequence[dict[str, Any]], path: str | os.PathLike, *, key: str = "loss", size: tuple[int, int] = (640, 360)) -> Path | None:
+def plot_loss_curve(
+    records: Sequence[dict[str, Any]], path: str | os.PathLike, *, key: str = "loss", size: tuple[int, int] = (640, 360)
+) -> Path | None:
     """Draw ``key`` against ``step`` (log-scale y) as a PNG with PIL; returns None when there is nothing to draw."""
-    pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key]) and r[key] > 0]
+    pts = [
+        (r["step"], r[key])
+        for r in records
+        if isinstance(r.get(key), (int, float)) and math.isfinite(r[key]) and r[key] > 0
+    ]
     if len(pts) < 2:
         return None
     w, h = size
@@ -113,7 +120,15 @@ def plot_loss_curve(records: Sequence[dict[str, Any]], path: str | os.PathLike, 
     return Path(path)
 
 
-def save_image_grid(images: torch.Tensor, path: str | os.PathLike, *, nrow: int | None = None, captions: Iterable[str] | None = None, pad: int = 2, min_side: int = 64) -> Path:
+def save_image_grid(
+    images: torch.Tensor,
+    path: str | os.PathLike,
+    *,
+    nrow: int | None = None,
+    captions: Iterable[str] | None = None,
+    pad: int = 2,
+    min_side: int = 64,
+) -> Path:
     """Tile uint8 (N, 3, H, W) images into one PNG, optionally with a caption (class name, prompt) wrapped in
     full under each image; images smaller than ``min_side`` are enlarged by an integer factor (nearest)."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:

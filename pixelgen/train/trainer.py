@@ -28,9 +28,10 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -207,7 +208,9 @@ class Trainer:
         if objective_params:
             groups.append({"params": objective_params, "name": "objective"})
         fused = (self.device.type == "cuda") if o.fused is None else o.fused
-        return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, fused=fused or None)
+        return torch.optim.AdamW(
+            groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, fused=fused or None
+        )
 
     def _build_loader(self, dataset: Any) -> Any:
         from ..data import build_loader
@@ -228,12 +231,16 @@ class Trainer:
     def _full_state_dicts(self) -> tuple[dict, dict, dict, dict]:
         """(model, objective, ema, optimizer) state dicts with full tensors (gathered under FSDP)."""
         if self.config.strategy == "fsdp" and self.dist.distributed:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+                get_optimizer_state_dict,
+            )
 
             opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
             both = get_model_state_dict(self.modules, options=opts)
-            model = {k[len("model."):]: v for k, v in both.items() if k.startswith("model.")}
-            objective = {k[len("objective."):]: v for k, v in both.items() if k.startswith("objective.")}
+            model = {k[len("model.") :]: v for k, v in both.items() if k.startswith("model.")}
+            objective = {k[len("objective.") :]: v for k, v in both.items() if k.startswith("objective.")}
             ema = get_model_state_dict(self.ema.model, options=opts)
             optim = get_optimizer_state_dict(self.modules, self.optimizer, options=opts)
             return model, objective, ema, optim
@@ -241,10 +248,17 @@ class Trainer:
 
     def _load_full_state_dicts(self, model: dict, objective: dict, ema: dict, optim: dict | None) -> None:
         if self.config.strategy == "fsdp" and self.dist.distributed:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
 
             opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
-            both = {**{f"model.{k}": v for k, v in model.items()}, **{f"objective.{k}": v for k, v in objective.items()}}
+            both = {
+                **{f"model.{k}": v for k, v in model.items()},
+                **{f"objective.{k}": v for k, v in objective.items()},
+            }
             set_model_state_dict(self.modules, both, options=opts)
             set_model_state_dict(self.ema.model, ema, options=opts)
             if optim is not None:
@@ -289,7 +303,11 @@ class Trainer:
         state = load_training_checkpoint(path)
         self._load_full_state_dicts(state["model"], state["objective"], state["ema"], state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.samples_seen, self.bad_steps = int(state["step"]), int(state["samples_seen"]), int(state["bad_steps"])
+        self.step, self.samples_seen, self.bad_steps = (
+            int(state["step"]),
+            int(state["samples_seen"]),
+            int(state["bad_steps"]),
+        )
         if state.get("data") is not None and hasattr(self.loader, "load_state_dict"):
             self.loader.load_state_dict(state["data"])
         if int(state["world_size"]) == self.dist.world_size:
@@ -297,7 +315,9 @@ class Trainer:
         else:
             log.warning(
                 "Resuming a %d-process run with %d processes: RNG streams are re-seeded, so the run continues "
-                "correctly but not bit-identically.", int(state["world_size"]), self.dist.world_size,
+                "correctly but not bit-identically.",
+                int(state["world_size"]),
+                self.dist.world_size,
             )
             seed_everything(self.config.seed + self.dist.rank + 7919 * self.step)
         self.logger.event(self.step, "resume", path=str(path))
@@ -343,7 +363,9 @@ class Trainer:
         inner = getattr(self.loader, "loader", self.loader)
         if isinstance(inner, torch.utils.data.DataLoader):
             epoch = int(getattr(getattr(self.loader, "sampler", None), "epoch", 0))
-            inner.generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.dist.rank * 7919 + epoch)
+            inner.generator = torch.Generator().manual_seed(
+                self.config.seed * 1_000_003 + self.dist.rank * 7919 + epoch
+            )
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -356,10 +378,16 @@ class Trainer:
         self.samples_seen += sum(sizes)
         return {**batch, "seeds": sample_seeds(self.config.seed, offset, local)}
 
-    def _micro_step(self, batch: dict[str, Any], sync: bool) -> tuple[torch.Tensor | None, dict[str, float], str | None]:
+    def _micro_step(
+        self, batch: dict[str, Any], sync: bool
+    ) -> tuple[torch.Tensor | None, dict[str, float], str | None]:
         """Forward one micro-batch; returns (loss to back-propagate or None, logged values, problem)."""
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
-        no_sync = contextlib.nullcontext() if sync or not hasattr(self.train_step_module, "no_sync") else self.train_step_module.no_sync()
+        no_sync = (
+            contextlib.nullcontext()
+            if sync or not hasattr(self.train_step_module, "no_sync")
+            else self.train_step_module.no_sync()
+        )
         if hasattr(self.train_step_module, "set_requires_gradient_sync"):  # FSDP2: reduce on the last micro-batch only
             self.train_step_module.set_requires_gradient_sync(sync)
         problem = None
@@ -402,7 +430,9 @@ class Trainer:
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v / accum
         if self.config.optim.grad_clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.config.optim.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(
+                [p for g in self.optimizer.param_groups for p in g["params"]], self.config.optim.grad_clip
+            )
             sums["grad_norm"] = float(norm)
             if not math.isfinite(sums["grad_norm"]):
                 self.optimizer.zero_grad(set_to_none=True)
@@ -533,7 +563,9 @@ class Trainer:
                 )
             if self.dist.is_main:
                 captions = [self.class_names[i] for i in labels] if self.class_names else None
-                path = save_image_grid(images, self.out_dir / "samples" / f"step_{self.step:07d}.png", captions=captions)
+                path = save_image_grid(
+                    images, self.out_dir / "samples" / f"step_{self.step:07d}.png", captions=captions
+                )
                 self.logger.event(self.step, "samples", path=str(path))
         barrier()
         return path
@@ -546,7 +578,9 @@ class Trainer:
         if self.config.strategy == "fsdp" and self.dist.distributed:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-            full = get_model_state_dict(self.ema.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            full = get_model_state_dict(
+                self.ema.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
             if self.dist.is_main:
                 from ..backbones import build_model
 
@@ -629,14 +663,18 @@ def _load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     for k, v in state.items():
         if k in own and own[k].shape != v.shape:
             if not k.endswith("pos_embed"):
-                raise ValueError(f"Cannot initialise from this checkpoint: {k} has shape {tuple(v.shape)} there but {tuple(own[k].shape)} here.")
+                raise ValueError(
+                    f"Cannot initialise from this checkpoint: {k} has shape {tuple(v.shape)} there but {tuple(own[k].shape)} here."
+                )
             log.info("Keeping the new model's %s %s (the checkpoint's is %s).", k, tuple(own[k].shape), tuple(v.shape))
             continue
         kept[k] = v
     missing, unexpected = model.load_state_dict(kept, strict=False)
     missing = [k for k in missing if k not in state]  # only the regenerated tables may be missing
     if missing or unexpected:
-        raise ValueError(f"The checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+        raise ValueError(
+            f"The checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}."
+        )
 
 
 @contextlib.contextmanager

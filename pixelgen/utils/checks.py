@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -44,7 +44,9 @@ def check_image_batch(
     """A (B, C, H, W) floating tensor with the expected channels / size / divisibility."""
     x = check_tensor(x, name, ndim=4, floating=True)
     if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{name} must have {channels} channels, got shape {_shape(x)} (expected (B, {channels}, H, W)).")
+        raise ValueError(
+            f"{name} must have {channels} channels, got shape {_shape(x)} (expected (B, {channels}, H, W))."
+        )
     h, w = x.shape[-2:]
     if size is not None:
         hs, ws = (size, size) if isinstance(size, int) else tuple(size)
@@ -68,7 +70,9 @@ def _min_max(x: torch.Tensor) -> tuple[float, float]:
     return tuple(torch.stack([low, high]).tolist())
 
 
-def check_labels(y: object, num_classes: int, name: str = "y", *, allow_null: bool = True, batch: int | None = None) -> torch.Tensor:
+def check_labels(
+    y: object, num_classes: int, name: str = "y", *, allow_null: bool = True, batch: int | None = None
+) -> torch.Tensor:
     """Integer labels in [0, num_classes) (or == num_classes, the null class, when allowed)."""
     y = check_tensor(y, name, ndim=1, floating=False)
     if batch is not None and y.shape[0] != batch:

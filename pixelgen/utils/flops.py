@@ -22,8 +22,9 @@ The counts are exact for these conventions: ``tests/test_gpu_suite.py`` checks t
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = [
     "FLOPS_PER_MAC",
@@ -68,10 +69,10 @@ class Flops:
     def total(self) -> float:
         return self.forward + self.backward
 
-    def __add__(self, other: "Flops") -> "Flops":
+    def __add__(self, other: Flops) -> Flops:
         return Flops(self.forward + other.forward, self.backward + other.backward)
 
-    def __mul__(self, factor: float) -> "Flops":
+    def __mul__(self, factor: float) -> Flops:
         return Flops(self.forward * factor, self.backward * factor)
 
     __rmul__ = __mul__
@@ -96,7 +97,9 @@ def jit_flops(config: Mapping[str, Any], *, batch: int = 1, image_size: int | No
     """
     if not isinstance(config, Mapping):
         raise TypeError(f"config must be a JiT config dict (model.config), got {type(config).__name__}.")
-    missing = [k for k in ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads") if k not in config]
+    missing = [
+        k for k in ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads") if k not in config
+    ]
     if missing:
         raise KeyError(f"The JiT config lacks {', '.join(missing)}.")
     from pixelgen.nn import swiglu_hidden_size  # the layer's own width rule, not a copy of it
@@ -163,7 +166,13 @@ def dinov2_flops(
     used = depth if depth_used is None else _positive_int(depth_used, "depth_used")
     patch_embed = _mm(patches, 3 * 14 * 14, dim)
     attention = 2 * FLOPS_PER_MAC * tokens * tokens * dim
-    per_block = _mm(tokens, dim, 3 * dim) + attention + _mm(tokens, dim, dim) + _mm(tokens, dim, 4 * dim) + _mm(tokens, 4 * dim, dim)
+    per_block = (
+        _mm(tokens, dim, 3 * dim)
+        + attention
+        + _mm(tokens, dim, dim)
+        + _mm(tokens, dim, 4 * dim)
+        + _mm(tokens, 4 * dim, dim)
+    )
     forward = patch_embed + used * per_block
     backward = forward + used * attention if input_grad else 0.0  # attention backward is 4 products, not 2
     return Flops(forward * batch, backward * batch)
@@ -232,12 +241,16 @@ def training_step_flops(
     parts = {
         "backbone": jit_flops(config, batch=batch, image_size=side),
         "repa": repa_projector_flops(tokens=n, hidden_size=config["hidden_size"], encoder_dim=dims[0], batch=batch),
-        "dinov2_clean": dinov2_flops(dinov2, image_size=side, base_patch_size=config["patch_size"], batch=batch, dims=dims),
+        "dinov2_clean": dinov2_flops(
+            dinov2, image_size=side, base_patch_size=config["patch_size"], batch=batch, dims=dims
+        ),
     }
     if perceptual:
         gated = batch * gate_probability() if gated is None else gated
         pdino_samples = batch if pdino_samples is None else pdino_samples
-        per_image_dino = dinov2_flops(dinov2, image_size=side, base_patch_size=config["patch_size"], input_grad=True, dims=dims)
+        per_image_dino = dinov2_flops(
+            dinov2, image_size=side, base_patch_size=config["patch_size"], input_grad=True, dims=dims
+        )
         parts["pdino"] = per_image_dino * pdino_samples
         parts["lpips"] = lpips_vgg_flops(image_size=side) * gated
     parts["total"] = sum(parts.values(), Flops(0.0))

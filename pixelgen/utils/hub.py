@@ -58,7 +58,10 @@ _TRUE = {"1", "true", "yes", "on"}
 
 
 def is_offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "PIXELGEN_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().lower() in _TRUE
+        for v in ("HF_HUB_OFFLINE", "PIXELGEN_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def torch_hub_checkpoint_dir() -> Path:
@@ -144,7 +147,10 @@ def resolve_weights(source: WeightSource, path: str | os.PathLike | None = None,
 
     tried = [str(hub_dir / source.filename)]
     if source.hf_repo:
-        tried.append(f"HF cache {hf_cache_dir()}/models--{source.hf_repo.replace('/', '--')}" + (f"/.../{source.hf_filename}" if source.hf_filename else ""))
+        tried.append(
+            f"HF cache {hf_cache_dir()}/models--{source.hf_repo.replace('/', '--')}"
+            + (f"/.../{source.hf_filename}" if source.hf_filename else "")
+        )
     if download and not is_offline():
         if source.url and _reachable(source.url):
             try:

@@ -12,8 +12,9 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -69,7 +70,9 @@ def atomic_save_json(obj: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+def save_safetensors(
+    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> Path:
     from safetensors.torch import save_file
 
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
@@ -106,7 +109,9 @@ def safe_torch_load(path: str | os.PathLike, *, trust_pickle: bool = False, map_
         msg = str(exc)
         refused = "weights_only" in msg or "Unsupported global" in msg or "WeightsUnpickler" in msg
         if not refused:
-            raise CheckpointError(f"Checkpoint {path} could not be read (corrupt or truncated?): {type(exc).__name__}: {msg.splitlines()[0] if msg else ''}") from exc
+            raise CheckpointError(
+                f"Checkpoint {path} could not be read (corrupt or truncated?): {type(exc).__name__}: {msg.splitlines()[0] if msg else ''}"
+            ) from exc
         if not trust_pickle:
             raise CheckpointError(
                 f"Checkpoint {path} contains pickled Python objects that torch.load(weights_only=True) refuses; "
@@ -115,4 +120,6 @@ def safe_torch_load(path: str | os.PathLike, *, trust_pickle: bool = False, map_
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:
-        raise CheckpointError(f"Checkpoint {path} could not be read (corrupt or truncated?): {type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(
+            f"Checkpoint {path} could not be read (corrupt or truncated?): {type(exc).__name__}: {exc}"
+        ) from exc

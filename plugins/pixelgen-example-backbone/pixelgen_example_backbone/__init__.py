@@ -7,9 +7,20 @@ from typing import Any
 import pixelgen
 
 JIT_S_16: dict[str, Any] = dict(
-    input_size=256, patch_size=16, in_channels=3, hidden_size=384, depth=12, num_heads=6, mlp_ratio=4.0,
-    attn_drop=0.0, proj_drop=0.0, num_classes=1000, use_bottleneck=True, bottleneck_dim=128,
-    in_context_len=32, in_context_start=4,
+    input_size=256,
+    patch_size=16,
+    in_channels=3,
+    hidden_size=384,
+    depth=12,
+    num_heads=6,
+    mlp_ratio=4.0,
+    attn_drop=0.0,
+    proj_drop=0.0,
+    num_classes=1000,
+    use_bottleneck=True,
+    bottleneck_dim=128,
+    in_context_len=32,
+    in_context_start=4,
 )
 
 
