@@ -25,7 +25,7 @@ from pixelgen.registry import registries
 from .captions import CAPTION_PREFIXES, CaptionPrefixAugment
 from .counters import SampleCounters
 from .demo import DEMO_CLASSES, DemoCaptionDataset, DemoDataset, demo_captions
-from .folders import IMAGE_EXTENSIONS, CaptionFolderDataset, ImageFolderDataset
+from .folders import IMAGE_EXTENSIONS, BadImageLimitError, CaptionFolderDataset, ImageFolderDataset
 from .loader import PositionedLoader, build_loader, collate
 from .sampler import EpochBatchSampler, rank_and_world_size
 from .shards import CaptionShardDataset, expand_shards
@@ -33,6 +33,7 @@ from .transforms import AdmCropPlan, adm_center_crop, adm_crop_plan, make_sample
 
 __all__ = [
     "AdmCropPlan",
+    "BadImageLimitError",
     "CAPTION_PREFIXES",
     "CaptionFolderDataset",
     "CaptionPrefixAugment",

@@ -20,6 +20,7 @@ __all__ = [
     "adm_center_crop",
     "resize_center_crop",
     "check_resolution",
+    "ImageTooLargeError",
     "load_rgb",
     "make_sample",
     "sample_from_uint8",
@@ -89,10 +90,28 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     return TF.center_crop(TF.resize(image, size), [size, size])
 
 
-def load_rgb(source: Any) -> Image.Image:
-    """Open an image file (path or file object) fully and convert it to RGB (raises on corrupt data)."""
+class ImageTooLargeError(ValueError):
+    """An image has more pixels than allowed (a decompression bomb, or a setting too low for the data)."""
+
+
+def load_rgb(source: Any, *, max_pixels: int | None = None) -> Image.Image:
+    """Open an image file (path or file object) fully and convert it to RGB (raises on corrupt data).
+
+    ``max_pixels`` refuses an image with more pixels before decoding it (:class:`ImageTooLargeError`). 16-bit
+    greyscale images are scaled to 8 bits (PIL's RGB conversion would clip every value above 255 to white).
+    """
     with Image.open(source) as img:
+        if max_pixels is not None and img.width * img.height > max_pixels:
+            raise ImageTooLargeError(
+                f"the image is {img.width}x{img.height} = {img.width * img.height} pixels, more than max_pixels="
+                f"{max_pixels} (a decompression bomb?)."
+            )
         img.load()
+        if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+            values = np.asarray(img).astype(np.float64)
+            if img.mode != "I" or values.max(initial=0) > 255:  # 16-bit range
+                values = values / 257.0
+            return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8)).convert("RGB")
         return img.convert("RGB")
 
 
