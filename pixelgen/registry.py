@@ -5,7 +5,8 @@ datasets) lives in a :class:`Registry`. Built-in parts register themselves when 
 the registry imports those modules lazily on first use. Third-party packages add parts through the
 ``pixelgen`` entry-point group: each entry point names a module (or object) that pluggy registers as a
 plugin, and whose ``pixelgen_register(registries)`` hook implementation registers parts. A plugin that
-fails to import is reported by name and skipped; the others still load.
+fails to import is reported by name and skipped; the others still load. Each plugin loaded, and every part
+it replaces, is logged once; `PIXELGEN_DISABLE_PLUGINS=1` loads none, `PIXELGEN_PLUGINS=name1,name2` only those.
 
 Example (in a third-party package)::
 
@@ -28,6 +29,7 @@ import difflib
 import fnmatch
 import importlib
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -89,6 +91,7 @@ class Registry:
         self._builtin_modules = tuple(builtin_modules)
         self._builtins_loaded = False
         self._entries: dict[str, RegistryEntry] = {}
+        self._replaced: dict[str, RegistryEntry] = {}  # built-ins a plugin overrode (restored by reset_plugins)
         self._lock = threading.RLock()
 
     # -- registration -------------------------------------------------------------------------------
@@ -124,6 +127,12 @@ class Registry:
                         "pass override=True to replace it."
                     )
                 src = source or _current_source() or getattr(builder, "__module__", "builtin")
+                prev = self._entries.get(key)
+                if prev is not None and prev.builder is not builder:
+                    if src.startswith("plugin:") and not prev.source.startswith("plugin:"):
+                        self._replaced.setdefault(key, prev)
+                    # Said once per replacement, loudly: a plugin changing a built-in changes results.
+                    log.warning("%s replaces the %s '%s' registered by %s.", src, self.kind, key, prev.source)
                 self._entries[key] = RegistryEntry(
                     name=key,
                     builder=builder,
@@ -141,13 +150,16 @@ class Registry:
             self._entries.pop(name, None)
 
     # -- lookup -------------------------------------------------------------------------------------
-    def _populate(self) -> None:
+    def _load_builtins(self) -> None:
         if not self._builtins_loaded:
             with self._lock:
                 if not self._builtins_loaded:
                     self._builtins_loaded = True
                     for mod in self._builtin_modules:
                         importlib.import_module(mod)
+
+    def _populate(self) -> None:
+        self._load_builtins()
         discover_plugins()
 
     def get(self, name: str) -> RegistryEntry:
@@ -275,10 +287,25 @@ def _entry_points() -> list[metadata.EntryPoint]:
     return unique
 
 
+DISABLE_ENV = "PIXELGEN_DISABLE_PLUGINS"
+ALLOW_ENV = "PIXELGEN_PLUGINS"
+
+
+def _plugin_policy() -> tuple[bool, set[str] | None]:
+    """(plugins disabled, allow-list or None) from ``PIXELGEN_DISABLE_PLUGINS`` and ``PIXELGEN_PLUGINS``."""
+    disabled = os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+    allowed = os.environ.get(ALLOW_ENV)
+    if allowed is None:
+        return disabled, None
+    return disabled, {name.strip() for name in allowed.split(",") if name.strip()}
+
+
 def discover_plugins(force: bool = False) -> dict[str, str]:
     """Load every ``pixelgen`` entry point once and run its ``pixelgen_register`` hook.
 
-    Returns ``{plugin name: error message}`` for the plugins that failed; a failure is logged as a
+    ``PIXELGEN_DISABLE_PLUGINS=1`` loads none; ``PIXELGEN_PLUGINS=name1,name2`` loads only the entry points of
+    those names (the others are logged as skipped). Each plugin loaded is logged once, and so is every part it
+    replaces. Returns ``{plugin name: error message}`` for the plugins that failed; a failure is logged as a
     warning naming the plugin and never stops the other plugins from loading.
     """
     global _discovered, _discovering
@@ -290,7 +317,21 @@ def discover_plugins(force: bool = False) -> dict[str, str]:
         _discovering = True
         try:
             pm = plugin_manager()
-            for ep in _entry_points():
+            disabled, allowed = _plugin_policy()
+            found = _entry_points()
+            if disabled:
+                if found:
+                    log.info("%s is set: %d pixelgen plugin(s) not loaded.", DISABLE_ENV, len(found))
+                found = []
+            elif allowed is not None:
+                skipped = sorted(ep.name for ep in found if ep.name not in allowed)
+                if skipped:
+                    log.info("pixelgen plugins not in %s, not loaded: %s.", ALLOW_ENV, ", ".join(skipped))
+                found = [ep for ep in found if ep.name in allowed]
+            if found:  # built-ins first, so that a plugin's override=True is what wins, whatever is used first
+                for reg in registries._by_kind.values():
+                    reg._load_builtins()
+            for ep in found:
                 if ep.name in _loaded_plugins or pm.get_plugin(ep.name) is not None:
                     continue
                 _current.source = f"plugin:{ep.name}"
@@ -302,6 +343,15 @@ def discover_plugins(force: bool = False) -> dict[str, str]:
                         impl.function(registries=registries)
                     _loaded_plugins[ep.name] = ep.value
                     _plugin_errors.pop(ep.name, None)
+                    parts = [
+                        f"{reg.kind} '{name}'"
+                        for reg in registries._by_kind.values()
+                        for name, entry in reg._entries.items()
+                        if entry.source == f"plugin:{ep.name}"
+                    ]
+                    log.info(
+                        "pixelgen plugin '%s' loaded from %s: %s.", ep.name, ep.value, ", ".join(parts) or "no parts"
+                    )
                 except Exception as exc:  # a broken plugin must not stop the others
                     if pm.get_plugin(ep.name) is not None:
                         pm.unregister(name=ep.name)
@@ -331,7 +381,7 @@ def loaded_plugins() -> dict[str, str]:
 def reset_plugins() -> None:
     """Forget discovery so that the next lookup scans entry points again (tests use this).
 
-    Parts registered by plugins are removed too; built-in parts stay.
+    Parts registered by plugins are removed too; built-in parts (also those a plugin had replaced) stay.
     """
     global _discovered, _manager
     with _plugin_lock:
@@ -339,6 +389,8 @@ def reset_plugins() -> None:
             for name, entry in list(reg._entries.items()):
                 if entry.source.startswith("plugin:"):
                     del reg._entries[name]
+            reg._entries.update(reg._replaced)
+            reg._replaced.clear()
         _plugin_errors.clear()
         _loaded_plugins.clear()
         _manager = None
