@@ -362,7 +362,7 @@ def test_c2i_input_checks():
         ((x[:, :2], t, y), "must have 3 channels"),
         ((x, t, torch.tensor([0, 6])), "class indices in \\[0, 5\\] \\(5 is the null class\\)"),
         ((x, t, torch.tensor([-1, 0])), "class indices"),
-        ((x, t, y.float()), "y must be an integer tensor"),
+        ((x, t, y.float()), "y must be a \\(2,\\) tensor of integer class labels"),
         ((x, t, y[:1]), "y has 1 labels but the batch has 2 images"),
         ((x, torch.tensor([0.5, 1.5]), y), "t must lie in \\[0, 1\\]"),
         ((x, torch.tensor([0.5, float("nan")]), y), "t must lie in \\[0, 1\\]"),

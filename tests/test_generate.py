@@ -159,7 +159,7 @@ def test_cuda_matches_cpu(class_model):
     ("kwargs", "error", "match"),
     [
         ({"labels_or_embeddings": [0, 7 + 1]}, ValueError, r"class indices in \[0, 7\]"),
-        ({"labels_or_embeddings": [0.5]}, TypeError, "labels must be an integer tensor"),
+        ({"labels_or_embeddings": [0.5]}, TypeError, "labels must be a \\(1,\\) tensor of integer class labels"),
         ({"batch_size": 0}, ValueError, "batch_size must be at least 1"),
         ({"seed": -1}, ValueError, "seed must be a non-negative integer"),
         ({"start_index": 1.5}, ValueError, "start_index must be a non-negative integer"),

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pixelgen.registry import registries
+from pixelgen.utils.checks import check_device
 
 from .common import values_checked_by_caller
 from .jit import JIT_PRESETS, JiT, build_jit
@@ -51,6 +52,8 @@ def build_model(
     """
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}.")
+    if device is not None and str(device) != "meta":
+        device = check_device(device)
     if device is None:
         model = registries.backbone.build(name, **overrides)
     else:

@@ -16,7 +16,15 @@ from torch import nn
 
 from pixelgen.nn import check_backend, sincos_2d_table
 from pixelgen.registry import registries
-from pixelgen.utils.checks import check_image_batch, check_labels, check_tensor, check_timesteps
+from pixelgen.utils.checks import (
+    check_arguments,
+    check_image_batch,
+    check_labels,
+    check_model_input,
+    check_tensor,
+    check_timesteps,
+    nonfinite_flags,
+)
 
 __all__ = ["JiTBase", "modulate", "register_family", "unknown_arguments_message", "values_checked_by_caller"]
 
@@ -46,6 +54,7 @@ def register_family(
         unknown = [k for k in kwargs if k not in valid]
         if unknown:
             raise TypeError(unknown_arguments_message(f"backbone '{arch}'", unknown, valid))
+        check_arguments(cls.__init__, kwargs, f"Backbone '{arch}'")
         return cls(**kwargs)
 
     build.__name__, build.__doc__ = f"build_{arch}", doc
@@ -164,26 +173,36 @@ class JiTBase(nn.Module):
     def _check_image_and_time(self, x: Any, t: Any) -> tuple[int, int]:
         """Shape checks for x and t (no host sync); returns the patch grid (grid_h, grid_w)."""
         check_image_batch(x, "x", channels=self.in_channels, multiple_of=self.patch_size)
+        check_model_input(x, self.pos_embed, "x")
         check_tensor(t, "t", floating=True)
         if t.ndim != 1 or t.shape[0] != x.shape[0]:
             raise ValueError(f"t must have shape ({x.shape[0]},) (one time per image), got {tuple(t.shape)}.")
         return x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
 
-    def _check_values(self, t: torch.Tensor, labels: torch.Tensor | None = None) -> None:
-        """t in [0, 1] and labels in [0, num_classes], with a single host sync; details only on failure."""
+    def _check_values(
+        self, t: torch.Tensor, labels: torch.Tensor | None = None, finite: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """t in [0, 1], labels in [0, num_classes] and the ``finite`` inputs free of NaN/inf, with a single host
+        sync; details only on failure."""
         if torch.compiler.is_compiling() or _VALUES_CHECKED.get() or _recording_cuda_graph(t):
             return
         bad = [~((t >= 0) & (t <= 1))]  # NaN fails both comparisons
         if labels is not None:
             bad.append((labels < 0) | (labels > self.num_classes))
-        flags = torch.stack([b.any() for b in bad]).tolist()
+        finite = finite or {}
+        flags = torch.stack([b.any() for b in bad] + nonfinite_flags(list(finite.values()))).tolist()
+        for name, flag in zip(finite, flags[len(bad) :]):
+            if flag:
+                raise ValueError(f"{name} contains NaN or infinite values.")
         if flags[0]:
             check_timesteps(t, t.shape[0])
         if labels is not None and flags[1]:
             check_labels(labels, self.num_classes, "y")
 
     def _check_return_layer(self, return_layer: int | None, depth: int) -> None:
-        if return_layer is not None and (not isinstance(return_layer, int) or not 0 <= return_layer <= depth):
+        if return_layer is not None and (
+            isinstance(return_layer, bool) or not isinstance(return_layer, int) or not 0 <= return_layer <= depth
+        ):
             raise ValueError(f"return_layer must be an integer block index in [0, {depth}], got {return_layer!r}.")
 
     def extra_repr(self) -> str:

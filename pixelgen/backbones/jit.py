@@ -25,7 +25,7 @@ from pixelgen.nn import (
     sincos_2d_table,
     swiglu_hidden_size,
 )
-from pixelgen.utils.checks import check_tensor
+from pixelgen.utils.checks import check_class_labels_input
 
 from .common import JiTBase, modulate, register_family
 
@@ -250,11 +250,9 @@ class JiT(JiTBase):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self.check_inputs:
             grid_h, grid_w = self._check_image_and_time(x, t)
-            check_tensor(y, "y", ndim=1, floating=False)
-            if y.shape[0] != x.shape[0]:
-                raise ValueError(f"y has {y.shape[0]} labels but the batch has {x.shape[0]} images.")
+            check_class_labels_input(y, x.shape[0], "y")
             self._check_return_layer(return_layer, self.depth)
-            self._check_values(t, y)
+            self._check_values(t, y, {"x": x})
         else:
             grid_h, grid_w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
 

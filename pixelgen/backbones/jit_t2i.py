@@ -250,7 +250,7 @@ class JiTT2I(JiTBase):
             grid_h, grid_w = self._check_image_and_time(x, t)
             self._check_text(y, text_mask, x.shape[0])
             self._check_return_layer(return_layer, self.num_blocks)
-            self._check_values(t)
+            self._check_values(t, finite={"x": x, "y (text embeddings)": y})
         else:
             grid_h, grid_w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..utils.checks import check_tensor
+from ..utils.checks import check_tensor, raise_if_inputs_not_finite
 from .grids import DEFAULT_T_EPS, time_grid
 from .guidance import Denoiser, GuidanceInterval, GuidedDenoiser, check_guidance
 
@@ -126,8 +126,12 @@ class Sampler:
         generators = _check_generators(generator, batch)
         model = GuidedDenoiser(denoiser, cond, uncond, self.guidance, self.t_eps)
         trajectory: list[torch.Tensor] | None = [noise] if return_trajectory else None
-        x = self._integrate(model, noise, generators, trajectory)
-        model.raise_if_not_finite()
+        try:
+            x = self._integrate(model, noise, generators, trajectory)
+            model.raise_if_not_finite()
+        except FloatingPointError as exc:  # name a non-finite input rather than blame the denoiser
+            raise_if_inputs_not_finite({"noise": noise, "cond": cond, "uncond": uncond}, exc)
+            raise
         self.last_stats = {"nfe": model.calls, "rows": model.rows}
         if trajectory is not None:
             return x, torch.stack(trajectory)

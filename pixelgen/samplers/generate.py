@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..backbones.common import values_checked_by_caller
-from ..utils.checks import check_labels, check_tensor
+from ..utils.checks import check_class_labels_input, check_device, check_labels, check_tensor
 from .base import Sampler
 from .graphs import GraphedDenoiser
 
@@ -59,7 +59,8 @@ def _conditions(
         num_classes = getattr(model, "num_classes", None)
         if not isinstance(num_classes, int):
             raise TypeError("A class-conditional model must have an integer attribute num_classes (the null label).")
-        cond = check_labels(cond.long() if not cond.is_floating_point() else cond, num_classes, "labels")
+        check_class_labels_input(cond, cond.shape[0] if cond.ndim else 1, "labels")
+        cond = check_labels(cond.long(), num_classes, "labels")
         null = num_classes if uncond is None else uncond
         if isinstance(null, torch.Tensor) and null.numel() == 1:
             null = int(null)
@@ -119,6 +120,8 @@ def generate(
     start_index = _check_nonnegative_int(start_index, "start_index")
     if _check_nonnegative_int(batch_size, "batch_size") == 0:
         raise ValueError("batch_size must be at least 1.")
+    if device is not None:
+        device = check_device(device)
     if not isinstance(cuda_graphs, bool):
         raise TypeError(f"cuda_graphs must be True or False, got {cuda_graphs!r}.")
     if isinstance(sampler, str):

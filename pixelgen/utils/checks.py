@@ -14,6 +14,16 @@ __all__ = [
     "check_labels",
     "check_timesteps",
     "check_same_shape",
+    "check_int",
+    "check_real",
+    "check_arguments",
+    "check_device",
+    "check_model_input",
+    "check_class_labels_input",
+    "check_loss_weight",
+    "nonfinite_flags",
+    "looks_like_unit_range",
+    "raise_if_inputs_not_finite",
 ]
 
 
@@ -106,3 +116,165 @@ def check_timesteps(t: object, batch: int, name: str = "t") -> torch.Tensor:
 def check_same_shape(a: torch.Tensor, b: torch.Tensor, na: str, nb: str) -> None:
     if a.shape != b.shape:
         raise ValueError(f"{na} and {nb} must have the same shape, got {_shape(a)} and {_shape(b)}.")
+
+
+# -- arguments ----------------------------------------------------------------------------------------------
+def _type_name(value: object) -> str:
+    return f"{type(value).__name__} {value!r}" if not isinstance(value, torch.Tensor) else f"a tensor {_shape(value)}"
+
+
+def check_int(value: object, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """An integer (a bool is refused: ``depth=True`` is a mistake, not 1)."""
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {_type_name(value)}.")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}.")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value}.")
+    return value
+
+
+def check_real(
+    value: object, name: str, *, minimum: float | None = None, maximum: float | None = None, finite: bool = True
+) -> float:
+    """A real number (int or float, not a bool or a string), finite unless ``finite=False``, within bounds."""
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {_type_name(value)}.")
+    value = float(value)
+    if finite and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}.")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be at least {minimum:g}, got {value:g}.")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum:g}, got {value:g}.")
+    return value
+
+
+def _accepts(value: object, hint: object) -> bool | None:
+    """Whether ``value`` fits the annotation ``hint`` (None: the annotation is not one this check knows)."""
+    import types
+    import typing
+
+    import numpy as np
+
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        answers = [_accepts(value, h) for h in typing.get_args(hint)]
+        return True if any(answers) else (None if None in answers else False)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, (bool, np.bool_))
+    if hint is int:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if hint is float:
+        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if hint is str:
+        return isinstance(value, str)
+    return None
+
+
+def check_arguments(fn: object, arguments: dict, what: str) -> None:
+    """Check keyword ``arguments`` against the ``int`` / ``float`` / ``bool`` / ``str`` (and ``| None``)
+    annotations of ``fn``: one sentence naming the argument, the expected type and the value given.
+
+    Catches ``depth=True``, ``hidden_size="64"``, ``use_bottleneck="no"`` before they fail deep inside (or,
+    worse, are taken silently). Arguments with other annotations are left to ``fn``.
+    """
+    import typing
+
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations: nothing to check against
+        return
+    names = {int: "an integer", float: "a number", bool: "True or False", str: "a string"}
+    for key, value in arguments.items():
+        hint = hints.get(key)
+        if hint is None or _accepts(value, hint) is not False:
+            continue
+        allowed = [names[h] for h in typing.get_args(hint) or (hint,) if h in names]
+        if type(None) in typing.get_args(hint):
+            allowed.append("None")
+        raise TypeError(f"{what} argument {key} must be {' or '.join(allowed)}, got {_type_name(value)}.")
+
+
+def check_device(device: object, name: str = "device") -> torch.device:
+    """A torch device that exists on this machine (a CUDA device without CUDA is one sentence, not a driver error)."""
+    if isinstance(device, torch.device):
+        parsed = device
+    elif isinstance(device, (str, int)) and not isinstance(device, bool):
+        try:
+            parsed = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(
+                f"{name} must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}."
+            ) from None
+    else:
+        raise TypeError(f"{name} must be a torch.device or a string such as 'cuda', got {type(device).__name__}.")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}={str(device)!r} was asked for, but CUDA is not available on this machine.")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{name}={str(device)!r} was asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)."
+            )
+    elif parsed.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"{name}={str(device)!r} was asked for, but MPS is not available on this machine.")
+    return parsed
+
+
+def check_model_input(x: torch.Tensor, like: torch.Tensor, name: str = "x") -> None:
+    """``x`` can go through a model whose weights look like ``like``: a non-empty batch on the same device, and
+    the same floating dtype unless autocast is on (no host sync)."""
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {_shape(x)}); pass at least one image.")
+    if x.device != like.device and like.device.type != "meta":
+        raise ValueError(f"{name} is on {x.device} but the model is on {like.device}; move one of them (.to(device)).")
+    if x.dtype != like.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"{name} is {str(x.dtype).removeprefix('torch.')} but the model's weights are "
+            f"{str(like.dtype).removeprefix('torch.')}; cast one to the other or run under torch.autocast."
+        )
+
+
+def nonfinite_flags(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """One 0-dim bool per tensor, True where it holds a NaN or an infinity (to batch into an existing sync)."""
+    return [~torch.isfinite(t).all() for t in tensors]
+
+
+def check_class_labels_input(y: object, batch: int, name: str = "y") -> torch.Tensor:
+    """(B,) integer class labels for a class-conditional model (shapes and dtype only, no host sync)."""
+    if isinstance(y, torch.Tensor) and (y.is_floating_point() or y.ndim != 1):
+        looks = " (it looks like text embeddings, which a text-to-image model takes)" if y.ndim == 3 else ""
+        raise TypeError(
+            f"{name} must be a ({batch},) tensor of integer class labels for this class-conditional model, got a "
+            f"{str(y.dtype).removeprefix('torch.')} tensor of shape {_shape(y)}{looks}."
+        )
+    y = check_tensor(y, name, ndim=1, floating=False)
+    if y.shape[0] != batch:
+        raise ValueError(f"{name} has {y.shape[0]} labels but the batch has {batch} images.")
+    return y
+
+
+def check_loss_weight(value: object, name: str) -> float:
+    """A loss weight: a finite number >= 0."""
+    return check_real(value, name, minimum=0.0)
+
+
+def looks_like_unit_range(minimum: float, maximum: float, batch: int) -> bool:
+    """A batch of several natural images in [-1, 1] always has negative values somewhere; one with none, and
+    that reaches above 0.5, was almost surely given in [0, 1]."""
+    return batch >= 2 and minimum >= 0.0 and maximum > 0.5
+
+
+def raise_if_inputs_not_finite(inputs: dict, cause: BaseException | None = None) -> None:
+    """After a non-finite result: raise ``ValueError`` naming the first floating input tensor that holds NaN or
+    inf (called only on the error path, so the normal path pays no host sync)."""
+    for name, value in inputs.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{name} contains NaN or infinite values.") from cause
