@@ -18,6 +18,8 @@ COMMANDS: dict[str, str] = {
     "sample": "pixelgen.eval.sample_cli",
     "eval": "pixelgen.eval.metrics_cli",
     "generate": "pixelgen.conditioners.generate_cli",
+    "ema": "pixelgen.ema_cli",
+    "sweep": "pixelgen.sweep_cli",
 }
 
 

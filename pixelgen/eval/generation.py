@@ -36,6 +36,7 @@ import torch
 from pixelgen.eval.grids import save_png, tile_images
 from pixelgen.eval.images import open_npz_array, write_uint8_npz
 from pixelgen.utils.io import atomic_save_json, atomic_write
+from pixelgen.utils.versions import software_versions
 
 __all__ = [
     "SAMPLING_PRESETS",
@@ -251,6 +252,7 @@ def generate_class_samples(
         "image_size": size,
         "num_classes": num_classes,
         "autocast": str(autocast_dtype) if autocast_dtype is not None else None,
+        "versions": software_versions(),  # a set is not resumed under other software
         **dict(run_info or {}),
     }
     manifest = json.loads(json.dumps(manifest, default=str))  # what run.json will read back as

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import platform
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -368,15 +367,10 @@ def _available_metrics(reference: Any) -> list[str]:
     return ["fid", "sfid", "is", "pr"]
 
 
-def _versions() -> dict[str, str]:
-    import pixelgen
+def _versions() -> dict[str, str | None]:
+    from pixelgen.utils.versions import software_versions
 
-    out = {
-        "pixelgen": pixelgen.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
+    out = software_versions()
     try:
         import torch_fidelity
 

@@ -55,7 +55,12 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per network batch (does not change the images)")
     p.add_argument("--shard-size", type=int, default=1000, help="images per resumable shard")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda:<LOCAL_RANK> when available)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="network precision (bf16 autocast)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="network precision: fp32, or bf16 autocast (low FIDs move with it; recorded in run.json)",
+    )
     p.add_argument("--max-shards", type=int, default=None, help="stop after this many new shards (rerun to continue)")
     p.add_argument("--rank", type=int, default=None, help="this job's index for independent jobs without torchrun")
     p.add_argument("--world-size", type=int, default=None, help="number of independent jobs without torchrun")
@@ -182,7 +187,11 @@ def run(args) -> int:
             expected_classes=expected,
             max_shards=args.max_shards,
             keep_shards=args.keep_shards,
-            run_info={"checkpoint": str(args.checkpoint), "model_config": getattr(model, "config", None)},
+            run_info={
+                "checkpoint": str(args.checkpoint),
+                "model_config": getattr(model, "config", None),
+                "precision": args.precision,
+            },
             progress=not args.no_progress and info.is_main,
         )
     finally:

@@ -20,6 +20,7 @@ __all__ = [
     "DataConfig",
     "OptimConfig",
     "SampleConfig",
+    "PostHocEMAConfig",
     "TrainConfig",
     "apply_overrides",
     "parse_override_value",
@@ -99,6 +100,20 @@ class SampleConfig:
 
 
 @dataclass
+class PostHocEMAConfig:
+    """Power-function EMAs kept beside the classic one, for reconstructing any EMA width after training.
+
+    ``sigma_rels``: the relative widths tracked (empty: off, the default); two, e.g. ``[0.05, 0.1]``, are
+    enough to reconstruct any width between and around them. ``every``: steps between snapshots;
+    ``dtype``: how snapshots are stored (``fp32``, or ``fp16``/``bf16`` at half the size).
+    """
+
+    sigma_rels: list[float] = field(default_factory=list)
+    every: int = 10_000
+    dtype: str = "fp32"
+
+
+@dataclass
 class TrainConfig:
     """A whole training run.
 
@@ -117,6 +132,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    posthoc_ema: PostHocEMAConfig = field(default_factory=PostHocEMAConfig)
     name: str = "pixelgen_xl"
     out_dir: str = "runs/pixelgen_xl"
     max_steps: int = 800_000
@@ -167,10 +183,20 @@ class TrainConfig:
             ),
             (self.sample.every >= 1, f"sample.every must be >= 1, got {self.sample.every}."),
             (self.sample.num_images >= 0, f"sample.num_images must be >= 0, got {self.sample.num_images}."),
+            (self.posthoc_ema.every >= 1, f"posthoc_ema.every must be >= 1, got {self.posthoc_ema.every}."),
+            (
+                self.posthoc_ema.dtype in {"fp32", "fp16", "bf16"},
+                f"posthoc_ema.dtype must be fp32, fp16 or bf16, got {self.posthoc_ema.dtype!r}.",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.posthoc_ema.sigma_rels:
+            from .posthoc_ema import sigma_rel_to_gamma
+
+            for s in self.posthoc_ema.sigma_rels:
+                sigma_rel_to_gamma(s)  # one sentence on a width out of range
 
     # -- (de)serialisation -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -205,6 +231,7 @@ _SECTIONS = {
     "data": DataConfig,
     "optim": OptimConfig,
     "sample": SampleConfig,
+    "posthoc_ema": PostHocEMAConfig,
 }
 
 

@@ -158,6 +158,7 @@ class Trainer:
         self.modules = TrainModules(self.model, self.objective)
         self.train_step_module = self._wrap(self.modules)
         self.ema.track(self.model)  # FSDP2 replaced the parameter objects with sharded ones
+        self.posthoc = _build_posthoc_ema(config, self.model)
         if config.compile:
             # The adaptive perceptual weight takes autograd.grad(..., retain_graph=True) through the compiled
             # graph, which donated buffers would break (spec §6.4).
@@ -287,6 +288,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "data": self.loader.state_dict() if hasattr(self.loader, "state_dict") else None,
             "rng": rng,
+            **({"posthoc_ema": self.posthoc.state_dict()} if self.posthoc is not None else {}),
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -303,6 +305,13 @@ class Trainer:
         state = load_training_checkpoint(path)
         self._load_full_state_dicts(state["model"], state["objective"], state["ema"], state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.posthoc is not None:
+            if "posthoc_ema" not in state:
+                raise ValueError(
+                    f"{path} was written without post-hoc EMA, which can only start at step 0 (start a new stage "
+                    "with init_from, or turn posthoc_ema.sigma_rels off for this run)."
+                )
+            self.posthoc.load_state_dict(state["posthoc_ema"])
         self.step, self.samples_seen, self.bad_steps = (
             int(state["step"]),
             int(state["samples_seen"]),
@@ -457,6 +466,10 @@ class Trainer:
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.ckpt.remove_stale_temporaries()
+            if self.posthoc is not None:
+                from .posthoc_ema import remove_stale_temporaries
+
+                remove_stale_temporaries(self.out_dir)
             atomic_save_json(c.to_dict(), self.out_dir / "config.json")
         self.modules.train()
         batches = self.batches()
@@ -476,6 +489,8 @@ class Trainer:
                     continue
                 self.bad_steps = 0
                 self.step += 1
+                if self.posthoc is not None:
+                    self._posthoc_update()
                 window_steps += 1
                 last_loss = values.get("loss", last_loss)
                 if bar is not None:
@@ -498,6 +513,8 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+        if self.posthoc is not None and self.step > 0 and not self.posthoc.due(self.step):
+            self.save_posthoc_snapshot()  # the stopping point can be reconstructed too
         if saved_at != self.step:
             checkpoint = self.save_checkpoint()
         if c.sample.num_images and self.step % c.sample.every != 0:
@@ -505,6 +522,28 @@ class Trainer:
         export_dir = self.export() if c.export_ema else None
         self._finish_logs()
         return TrainResult(self.step, self.out_dir, checkpoint, export_dir, stopped, last_loss)
+
+    def _posthoc_update(self) -> None:
+        self.posthoc.update(self.step)
+        if self.posthoc.due(self.step):
+            self.save_posthoc_snapshot()
+
+    def save_posthoc_snapshot(self) -> None:
+        """Write the post-hoc EMA snapshot of this step: every rank its shards under FSDP, else rank 0."""
+        sharded = self.config.strategy == "fsdp" and self.dist.distributed
+        if sharded or self.dist.is_main:
+            started = time.perf_counter()
+            paths = self.posthoc.save_snapshot(
+                self.out_dir, self.step, rank=self.dist.rank, world_size=self.dist.world_size
+            )
+            if self.dist.is_main:
+                self.logger.event(
+                    self.step,
+                    "posthoc_ema_snapshot",
+                    files=len(paths),
+                    bytes=sum(p.stat().st_size for p in paths),
+                    seconds=round(time.perf_counter() - started, 4),
+                )
 
     def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
         """Logged values averaged over ranks (each rank's are means over its own part of the batch)."""
@@ -623,6 +662,15 @@ def _build_objective(config: TrainConfig, model: nn.Module) -> nn.Module:
     # finiteness check would be a second sync per micro-batch.
     overrides.setdefault("check_finite", False)
     return build_objective(preset=config.objective.preset, **overrides)
+
+
+def _build_posthoc_ema(config: TrainConfig, model: nn.Module) -> Any:
+    if not config.posthoc_ema.sigma_rels:
+        return None
+    from .posthoc_ema import PostHocEMA
+
+    c = config.posthoc_ema
+    return PostHocEMA(model, c.sigma_rels, every=c.every, dtype=c.dtype)
 
 
 def _build_dataset(config: TrainConfig) -> Any:

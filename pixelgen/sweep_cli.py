@@ -1,0 +1,144 @@
+"""``pixelgen sweep RUN_OR_MODEL``: EMA width × guidance scale × interval, paired samples, FID or FD-DINOv2.
+
+Examples::
+
+    pixelgen sweep runs/pixelgen_xl --ema 0.05,0.07,0.1 --guidance 1.5,2,2.25,2.5 --interval 0.1,0.9 \\
+        --num 10000 --metric fid --ref VIRTUAL_imagenet256_labeled.npz --preset xl_cfg --out sweeps/xl
+    pixelgen sweep ckpt/xl --guidance 1,2,3 --num 5000 --metric fd_dinov2 --ref ref.npz --out sweeps/xl_model
+
+Resumable: rerun the same command after an interruption; finished settings are read back, not recomputed.
+"""
+
+from __future__ import annotations
+
+HELP = "sweep EMA width x guidance (paired samples, FID or FD-DINOv2): table, plot and the final-set command"
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _interval(text: str) -> tuple[float, float]:
+    import argparse
+
+    values = _float_list(text)
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"an interval is MIN,MAX (e.g. 0.1,0.9), got {text!r}")
+    return values[0], values[1]
+
+
+def add_arguments(p) -> None:
+    from pixelgen.eval.generation import SAMPLING_PRESETS
+
+    p.add_argument("source", metavar="RUN_OR_MODEL", help="training run with post-hoc EMA snapshots, or a model folder")
+    p.add_argument("--ref", required=True, help="reference images or statistics (as for pixelgen eval)")
+    p.add_argument("--out", required=True, help="sweep folder (resumable)")
+    p.add_argument("--ema", type=_float_list, default=None, help="relative EMA widths, e.g. 0.05,0.07,0.1 (runs only)")
+    p.add_argument("--guidance", type=_float_list, required=True, help="guidance scales, e.g. 1.5,2,2.5")
+    p.add_argument(
+        "--interval",
+        type=_interval,
+        action="append",
+        default=None,
+        help="guidance interval MIN,MAX (repeat to sweep several; default: the preset's, else 0,1)",
+    )
+    p.add_argument("--num", type=int, required=True, help="samples per setting (the same labels and noise in each)")
+    p.add_argument("--per-class", type=int, default=None, help="samples per class (default: num // classes)")
+    p.add_argument("--metric", choices=["fid", "fd_dinov2"], default="fid", help="what to minimise (default fid)")
+    p.add_argument("--preset", choices=sorted(SAMPLING_PRESETS), help="base sampler settings (e.g. xl_cfg)")
+    p.add_argument("--sampler", help="registered sampler name (default: the preset's, else heun)")
+    p.add_argument("--steps", type=int, help="number of steps (default 50)")
+    p.add_argument("--shift", type=float, help="time-grid shift")
+    p.add_argument("--lazy-heun", action="store_true", help="Heun reusing the corrector velocity (exact_henu=False)")
+    p.add_argument("--order", type=int, help="Adams order (adams sampler only)")
+    p.add_argument("--exact-final-step", action="store_true", help="land on x̂ at t=1")
+    p.add_argument("--seed", type=int, default=0, help="seed shared by every setting (paired comparison)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per network batch")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="sampling precision (recorded)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--step", type=int, default=None, help="reconstruct the EMAs at this training step (runs only)")
+    p.add_argument(
+        "--inception-weights",
+        default=None,
+        help="Inception weights file for fid; 'random' for a smoke test (meaningless numbers, said in every file)",
+    )
+    p.add_argument(
+        "--dinov2-weights", default=None, help="DINOv2 weights for fd_dinov2; 'random' for a smoke test (meaningless)"
+    )
+    p.add_argument("--cache-dir", default=None, help="reference statistics cache (default: ~/.cache/pixelgen/eval)")
+    p.add_argument("--keep-samples", action="store_true", help="keep each setting's samples.npz after scoring")
+    p.add_argument("--final-num", type=int, default=50_000, help="size of the final sample set in the printed command")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    import torch
+
+    from pixelgen.eval.generation import SAMPLING_PRESETS
+    from pixelgen.eval.sweep import run_sweep
+
+    preset = SAMPLING_PRESETS[args.preset] if args.preset else {"sampler": "heun", "params": {}}
+    sampler = args.sampler or preset["sampler"]
+    params = dict(preset["params"])
+    params.setdefault("num_steps", 50)
+    explicit = {
+        "num_steps": args.steps,
+        "timeshift": args.shift,
+        "order": args.order,
+        "exact_henu": False if args.lazy_heun else None,
+        "exact_final_step": True if args.exact_final_step else None,
+    }
+    params.update({k: v for k, v in explicit.items() if v is not None})
+    if sampler != "heun":
+        if args.lazy_heun:
+            raise ValueError("--lazy-heun applies to the heun sampler only.")
+        params.pop("exact_henu", None)
+    if sampler != "adams":
+        params.pop("order", None)
+    intervals = args.interval or [(params.get("guidance_interval_min", 0.0), params.get("guidance_interval_max", 1.0))]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    result = run_sweep(
+        args.source,
+        args.out,
+        reference=args.ref,
+        guidance=args.guidance,
+        intervals=intervals,
+        ema=args.ema,
+        num=args.num,
+        per_class=args.per_class,
+        metric=args.metric,
+        sampler=sampler,
+        sampler_params=params,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        device=device,
+        step=args.step,
+        inception_weights=args.inception_weights,
+        dinov2_weights=args.dinov2_weights,
+        cache_dir=args.cache_dir,
+        keep_samples=args.keep_samples,
+        final_num=args.final_num,
+        progress=not args.no_progress,
+    )
+    print(f"{len(result.rows)} settings ({result.reused} read back, {result.computed} computed):")
+    for row in sorted(
+        result.rows,
+        key=lambda r: (float("inf") if r["ema"] == "model" else float(r["ema"]), r["interval"], r["guidance"]),
+    ):
+        mark = "  <- best" if row["key"] == result.best["key"] else ""
+        print(
+            f"  EMA {row['ema']:>6}  cfg {row['guidance']:<5g} interval {row['interval']}  {row['metric']} {row['value']:.4f}{mark}"
+        )
+    b = result.best
+    print(f"best: EMA {b['ema']}, guidance {b['guidance']:g}, interval {b['interval']}: {b['metric']} {b['value']:.4f}")
+    print(f"table: {result.table_json} and {result.table_csv}; plot: {result.plot}")
+    print("final sample set and its score:")
+    for cmd in result.commands:
+        print(f"  {cmd}")
+    return 0
