@@ -153,14 +153,19 @@ def profile_inner_products(
 def solve_profile(
     gammas: Sequence[float], times: Sequence[float], target_gamma: float, target_time: float
 ) -> tuple[np.ndarray, float]:
-    """Coefficients ``x`` of the snapshots (γ_i, t_i) whose combined profile is closest (L²) to the target,
-    and the relative L² error ``‖Σ x_i p_i − p*‖ / ‖p*‖`` of that fit."""
+    """Coefficients ``x`` (summing to 1) of the snapshots (γ_i, t_i) whose combined profile is closest (L²) to
+    the target, and the relative L² error ``‖Σ x_i p_i − p*‖ / ‖p*‖`` of that fit."""
     if len(gammas) != len(times) or not len(gammas):
         raise ValueError(f"Need one time per snapshot and at least one snapshot, got {len(gammas)} and {len(times)}.")
     a = profile_inner_products(gammas, times, gammas, times)
     b = profile_inner_products(gammas, times, [target_gamma], [target_time])[:, 0]
     c = float(profile_inner_products([target_gamma], [target_time], [target_gamma], [target_time])[0, 0])
-    x = np.linalg.lstsq(a, b, rcond=None)[0]
+    # Profiles integrate to 1, and so must the combination: with sum(x) = 1 a constant trajectory is averaged
+    # exactly, so the error is proportional to how much the weights moved, not to their size.
+    n = len(b)
+    kkt = np.zeros((n + 1, n + 1))
+    kkt[:n, :n], kkt[:n, n], kkt[n, :n] = a, 1.0, 1.0
+    x = np.linalg.lstsq(kkt, np.append(b, 1.0), rcond=None)[0][:n]
     err2 = float(x @ a @ x - 2.0 * x @ b + c)
     return x, math.sqrt(max(err2, 0.0) / c)
 
