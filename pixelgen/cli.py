@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "generate": "pixelgen.conditioners.generate_cli",
     "ema": "pixelgen.ema_cli",
     "sweep": "pixelgen.sweep_cli",
+    "app": "pixelgen.app.cli",
 }
 
 

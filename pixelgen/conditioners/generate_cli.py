@@ -1,8 +1,13 @@
-"""``pixelgen generate``: prompts → PNGs (and optional denoising GIFs) from a text-to-image checkpoint.
+"""``pixelgen generate``: prompts → PNGs (and optional denoising GIFs) from a text-to-image checkpoint, or class
+labels → PNGs from a class-to-image checkpoint.
 
 Example::
 
     pixelgen generate --checkpoint runs/t2i/export --prompt "a photo of a cat" --num 4 --seed 0 --out samples/
+    pixelgen generate --checkpoint runs/demo/export --class 3 --num 4 --sampler heun --steps 50 --out samples/
+
+Class models: image k of class c (the n-th image written, n = class position · num + k) starts from the noise of
+sample n of :func:`pixelgen.generate` with this seed, so one class alone gives the images ``pixelgen app`` shows.
 
 Writes ``<out>/<prompt#>_<sample#>_<slug>.png`` (and ``.gif`` with ``--trajectory``) plus ``metadata.jsonl``
 (one line per image: file, prompt, negative prompt, seed, index, sampler settings).
@@ -14,30 +19,52 @@ import json
 import re
 from pathlib import Path
 
-HELP = "generate images from text prompts with a text-to-image checkpoint (Adams-2, 25 steps, CFG 4, shift 3)"
+HELP = (
+    "generate images from text prompts (text-to-image checkpoint: Adams-2, 25 steps, CFG 4, shift 3) or class labels"
+    " (class-to-image checkpoint: Heun, 50 steps)"
+)
+
+# The defaults of each kind of model: the released T2I model's, and those of `pixelgen sample` for class models.
+_DEFAULTS = {
+    "text": {"sampler": "adams", "steps": 25, "guidance": 4.0, "shift": 3.0},
+    "class": {"sampler": "heun", "steps": 50, "guidance": 1.0, "shift": 1.0},
+}
 
 
 def add_arguments(p) -> None:
     p.add_argument("--checkpoint", required=True, help="exported checkpoint folder (model.safetensors + config.json)")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
+    p.add_argument(
+        "--class", dest="classes", type=int, action="append", default=[], help="class models: a label (repeatable)"
+    )
     p.add_argument("--prompt-file", help="a text file with one prompt per line (added to --prompt)")
     p.add_argument("--negative-prompt", default=None, help='encoded as the unconditional embedding instead of ""')
     p.add_argument("--num", type=int, default=4, help="images per prompt (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="generated", help="output folder (default ./generated)")
-    p.add_argument("--sampler", default="adams", help="sampler name (default adams)")
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=4.0)
-    p.add_argument("--shift", type=float, default=3.0, help="time shift of the sampling grid")
+    p.add_argument("--sampler", default=None, help="sampler name (default adams for text, heun for class models)")
+    p.add_argument("--steps", type=int, default=None, help="default 25 (text) or 50 (class)")
+    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default 4 for text, 1 for class)")
+    p.add_argument(
+        "--interval", type=float, nargs=2, metavar=("MIN", "MAX"), help="guidance interval (default: the sampler's)"
+    )
+    p.add_argument("--shift", type=float, default=None, help="time shift of the grid (default 3 text, 1 class)")
     p.add_argument("--order", type=int, default=2, help="Adams order (1-4)")
     p.add_argument("--height", type=int, default=None, help="default: the training resolution")
     p.add_argument("--width", type=int, default=None, help="default: the training resolution")
+    p.add_argument("--resolution", type=int, default=None, help="square images of this size (= --height and --width)")
     p.add_argument("--text-encoder", default=None, help="registered name, folder or HF id (default: the checkpoint's)")
     mask = p.add_mutually_exclusive_group()
     mask.add_argument("--pad-mask", dest="pad_mask", action="store_true", default=None, help="mask text padding tokens")
     mask.add_argument("--no-pad-mask", dest="pad_mask", action="store_false", help="feed padding unmasked (original)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="network precision (default auto: bf16 autocast on CUDA, fp32 elsewhere)",
+    )
     p.add_argument("--trajectory", action="store_true", help="also save each image's denoising steps as a GIF")
 
 
@@ -57,27 +84,128 @@ def read_prompts(args) -> list[str]:
     return prompts
 
 
+def _checkpoint_kind(checkpoint: str) -> str:
+    """``"class"`` or ``"text"``, read from the folder's config.json (``"text"`` when it cannot be read: the
+    text pipeline then says what is wrong with the folder)."""
+    from pixelgen.backbones import build_model
+
+    config = Path(checkpoint) / "config.json"
+    try:
+        meta = json.loads(config.read_text())
+        return getattr(build_model(meta["arch"], device="meta", **meta["config"]), "cond_kind", "class")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "text"
+
+
+def _sampler_settings(args, kind: str) -> dict:
+    defaults = _DEFAULTS[kind]
+    name = args.sampler or defaults["sampler"]
+    settings = {
+        "sampler": name,
+        "num_steps": defaults["steps"] if args.steps is None else args.steps,
+        "guidance": defaults["guidance"] if args.guidance is None else args.guidance,
+        "timeshift": defaults["shift"] if args.shift is None else args.shift,
+    }
+    if args.interval:
+        settings["guidance_interval_min"], settings["guidance_interval_max"] = args.interval
+    if name == "adams":
+        settings["order"] = args.order
+    return settings
+
+
+def _size(args) -> tuple[int | None, int | None]:
+    if args.resolution is not None:
+        if args.height is not None or args.width is not None:
+            raise ValueError("Give either --resolution or --height/--width, not both.")
+        return args.resolution, args.resolution
+    return args.height, args.width
+
+
+def _autocast(args, device):
+    import torch
+
+    if args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def _run_classes(args) -> int:
+    import torch
+    from PIL import Image
+
+    from pixelgen.checkpoint import load_pretrained
+    from pixelgen.samplers import build_sampler, generate
+
+    if args.prompt or args.prompt_file or args.negative_prompt is not None:
+        raise ValueError("This checkpoint is a class-to-image model: give --class LABEL, not prompts.")
+    if args.trajectory:
+        raise ValueError("--trajectory is available for text-to-image checkpoints only.")
+    if not args.classes:
+        raise ValueError("No class given: pass --class LABEL (repeatable) for this class-to-image checkpoint.")
+    height, width = _size(args)
+    if height != width:
+        raise ValueError(f"Class-to-image models make square images; got --height {height} and --width {width}.")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    overrides = {"input_size": height} if height is not None else {}
+    model = load_pretrained(args.checkpoint, device=device, **overrides)
+    meta = json.loads((Path(args.checkpoint) / "config.json").read_text())
+    names = meta.get("class_names") if isinstance(meta.get("class_names"), list) else None
+    settings = _sampler_settings(args, "class")
+    params = {k: v for k, v in settings.items() if k != "sampler"}
+    labels = torch.tensor([c for c in args.classes for _ in range(args.num)])
+    images = generate(
+        model,
+        labels,
+        sampler=build_sampler(settings["sampler"], **params),
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=device,
+        autocast_dtype=_autocast(args, device),
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for n, (image, label) in enumerate(zip(images, labels.tolist())):
+        name = names[label] if names and label < len(names) else f"class-{label}"
+        stem = f"{n // args.num:03d}_{n % args.num:02d}_{_slug(name)}"
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(out / f"{stem}.png")
+        lines.append(json.dumps({"file": f"{stem}.png", "class": label, "seed": args.seed, "index": n, **settings}))
+    (out / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    print(f"wrote {len(lines)} image(s) for {len(args.classes)} class(es) to {out}")
+    return 0
+
+
 def run(args) -> int:
     from PIL import Image
 
     from .pipeline import TextToImagePipeline, save_trajectory_gif
 
-    prompts = read_prompts(args)
     if args.num < 1:
         raise ValueError(f"--num must be at least 1, got {args.num}.")
+    if _checkpoint_kind(args.checkpoint) == "class":
+        return _run_classes(args)
+    if args.classes:
+        raise ValueError("--class is for class-to-image checkpoints; this one takes prompts (--prompt).")
+    prompts = read_prompts(args)
+    import torch
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe = TextToImagePipeline.from_pretrained(
-        args.checkpoint, text_encoder=args.text_encoder, pad_mask=args.pad_mask, device=args.device
+        args.checkpoint,
+        text_encoder=args.text_encoder,
+        pad_mask=args.pad_mask,
+        device=device,
+        autocast_dtype=_autocast(args, device),
     )
-    settings = {"sampler": args.sampler, "num_steps": args.steps, "guidance": args.guidance, "timeshift": args.shift}
-    if args.sampler == "adams":
-        settings["order"] = args.order
+    settings = _sampler_settings(args, "text")
+    height, width = _size(args)
     result = pipe(
         prompts,
         negative_prompt=args.negative_prompt,
         num_images_per_prompt=args.num,
         seed=args.seed,
-        height=args.height,
-        width=args.width,
+        height=height,
+        width=width,
         batch_size=args.batch_size,
         return_trajectory=args.trajectory,
         progress=True,
