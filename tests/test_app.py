@@ -366,13 +366,13 @@ def test_two_sessions_sampling_at_once_both_get_their_images(browser, server, fo
     try:
         pages = [Page(browser, server), Page(other, server)]
         for page, seed in zip(pages, (21, 22)):
-            page.type("s-steps", 40)  # long enough for the second request to arrive while the first samples
+            page.type("s-steps", 20)  # long enough for the second request to arrive while the first samples
             page.type("seed", seed)
         for page in pages:
             page.press("generate")
         shown = [images_of(page, "images", 4) for page in pages]
     finally:
         other.quit()
-    params = dict(num_steps=40, guidance=1.0, guidance_interval_min=0.1, guidance_interval_max=0.9, timeshift=2.0)
+    params = dict(num_steps=20, guidance=1.0, guidance_interval_min=0.1, guidance_interval_max=0.9, timeshift=2.0)
     for images, seed in zip(shown, (21, 22)):
         assert np.array_equal(images, library_images(folder, 0, 4, seed, "heun", **params))
