@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pixelgen.utils.checks import check_device
 from pixelgen.utils.io import CheckpointError, atomic_save_json, load_safetensors, safe_torch_load, save_safetensors
 
 __all__ = [
@@ -113,6 +114,7 @@ def load_pretrained(
     ``overrides`` change the stored config, e.g. ``input_size=512`` (the sin-cos table is regenerated for the new
     grid) or ``attention_backend="sdpa"``.
     """
+    device = check_device(device)
     weights, config_path = _resolve_folder(path)
     try:
         meta = json.loads(config_path.read_text())
@@ -120,10 +122,24 @@ def load_pretrained(
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{config_path} is not a pixelgen config (needs 'arch' and 'config'): {exc}") from exc
     state = load_safetensors(weights, device=device)
+    warn_if_not_finite(state, str(weights))
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     model = _build_on_meta(arch, {**config, **overrides})
     return _load_into(model, state, str(weights)).eval()
+
+
+def warn_if_not_finite(state: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Log a warning naming the tensors of ``state`` that hold NaN or inf (a diverged run's weights); returns them."""
+    names = [k for k, v in state.items() if v.is_floating_point()]
+    if not names:
+        return []
+    flags = torch.stack([~torch.isfinite(state[k]).all() for k in names]).tolist()
+    bad = [k for k, flag in zip(names, flags) if flag]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        log.warning("The weights in %s hold NaN or infinite values in %s; the model will output NaN.", source, shown)
+    return bad
 
 
 # -- conversion of original checkpoints ------------------------------------------------------------------
@@ -284,7 +300,11 @@ def convert_checkpoint(
     if weights not in prefixes:
         raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}.")
     ckpt_path = Path(ckpt_path)
-    checkpoint = safe_torch_load(ckpt_path, trust_pickle=trust_pickle)
+    checkpoint = safe_torch_load(
+        ckpt_path,
+        trust_pickle=trust_pickle,
+        consent="if you trust its source, pass trust_pickle=True (--trust-pickle of pixelgen convert)",
+    )
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(
@@ -304,6 +324,7 @@ def convert_checkpoint(
             f"{ckpt_path} has no '{prefix}*' weights{hint}; its key prefixes are: {', '.join(found)}."
         )
 
+    warn_if_not_finite(model_state, f"{ckpt_path} ({prefix}*)")
     arch, config = infer_backbone_config(model_state, preset=preset, **overrides)
     model = _load_into(_build_on_meta(arch, config), model_state, f"{ckpt_path} ({prefix}*)")
     out_dir = save_pretrained(model, out_dir, extra={"converted_from": ckpt_path.name, "weights": weights})

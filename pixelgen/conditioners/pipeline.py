@@ -148,6 +148,11 @@ class TextToImagePipeline:
             torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         )
         model = load_pretrained(path, device=device)
+        if getattr(model, "cond_kind", None) != "text":
+            raise ValueError(
+                f"{path} holds a {getattr(model, 'cond_kind', 'non-text')}-conditional model; text-to-image generation "
+                "needs a text-to-image checkpoint (class models sample with `pixelgen sample` or pixelgen.generate)."
+            )
         folder = path if path.is_dir() else path.parent
         recorded = read_text_encoder_spec(folder)
         spec: Any = text_encoder if text_encoder is not None else (recorded or DEFAULT_TEXT_ENCODER)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..utils.checks import looks_like_unit_range
 from ..utils.hub import WeightSource, resolve_weights
 from ..utils.io import CheckpointError, load_safetensors, safe_torch_load
 
@@ -93,7 +95,10 @@ def load_weight_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         state: object = load_safetensors(path)
     else:
-        state = safe_torch_load(path)
+        state = safe_torch_load(
+            path,
+            consent="encoder weights are read as tensors only: save them as a state dict of tensors or safetensors",
+        )
     if isinstance(state, Mapping) and len(state) == 1 and next(iter(state)) in ("state_dict", "model"):
         state = next(iter(state.values()))
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -109,11 +114,27 @@ def check_pixel_range(x: torch.Tensor, name: str, expected: tuple[float, float],
     check_pixel_ranges([(x, name, expected)], margin)
 
 
-def check_pixel_ranges(checks: Sequence[tuple[torch.Tensor, str, tuple[float, float]]], margin: float = 0.5) -> None:
-    """:func:`check_pixel_range` for several ``(tensor, name, expected)`` on one device, with one host sync in all."""
+def check_pixel_ranges(
+    checks: Sequence[tuple[torch.Tensor, str, tuple[float, float]]],
+    margin: float = 0.5,
+    *,
+    natural_images: Sequence[str] = (),
+) -> None:
+    """:func:`check_pixel_range` for several ``(tensor, name, expected)`` on one device, with one host sync in all.
+
+    The checks named in ``natural_images`` hold batches of real images: expected in [-1, 1] but without a single
+    negative value, they were given in [0, 1] (the margin alone would let that pass).
+    """
     extrema = torch.stack([torch.stack(torch.aminmax(x.detach())).float() for x, _, _ in checks]).tolist()
-    for (_, name, (lo, hi)), (mn, mx) in zip(checks, extrema):
+    for (x, name, (lo, hi)), (mn, mx) in zip(checks, extrema):
+        if math.isnan(mn) or math.isnan(mx):
+            raise ValueError(f"{name} must hold values in [{lo:g}, {hi:g}], got NaN values.")
         if mn >= lo - margin and mx <= hi + margin:
+            if (lo, hi) == (-1.0, 1.0) and name in natural_images and looks_like_unit_range(mn, mx, x.shape[0]):
+                raise ValueError(
+                    f"{name} must hold values in [-1, 1], got {x.shape[0]} images in [{mn:.4g}, {mx:.4g}] without a "
+                    "negative value (it looks like a [0, 1] image: pass image * 2 - 1)."
+                )
             continue
         if mx > 2.0 * (hi + margin) and mx > 10:
             guess = " (it looks like 0-255 pixel values)"

@@ -163,7 +163,9 @@ def build_inception(
         net, tag = _make_network(None, seed), f"inception-random-{seed}"
     else:
         path = resolve_weights(INCEPTION_WEIGHTS, weights)
-        state = safe_torch_load(path)
+        state = safe_torch_load(
+            path, consent="Inception weights are read as tensors only: save them as a state dict of tensors"
+        )
         if not isinstance(state, dict) or "Mixed_6d.branch1x1.conv.weight" not in state:
             raise ValueError(
                 f"{path} is not a torch-fidelity InceptionV3 state dict (expected keys such as 'Mixed_6d.branch1x1.conv.weight')."

@@ -14,7 +14,7 @@ from ..backbones.common import values_checked_by_caller
 from ..encoders import build_encoder
 from ..encoders.base import at_least_float32, check_pixel_ranges
 from ..registry import registries
-from ..utils.checks import check_image_batch, check_labels, check_same_shape, check_timesteps
+from ..utils.checks import check_image_batch, check_labels, check_loss_weight, check_same_shape, check_timesteps
 from .balancer import Balancer
 from .context import LossContext
 from .path import _draw, _interpolate, drop_condition, sample_t
@@ -126,7 +126,8 @@ class Objective(nn.Module):
                 raise TypeError(f"Loss term '{name}' must build an nn.Module, got {type(term).__name__}.")
             self.terms[name] = term
         self.weights = {
-            n: float((weights or {}).get(n, getattr(t, "default_weight", 1.0))) for n, t in self.terms.items()
+            n: check_loss_weight((weights or {}).get(n, getattr(t, "default_weight", 1.0)), f"The weight of {n}")
+            for n, t in self.terms.items()
         }
 
         self._frozen: dict[str, nn.Module] = self._build_encoders(dict(encoders or {}))
@@ -278,7 +279,10 @@ class Objective(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """:meth:`evaluate` for a checked ``image`` and valid ``t`` (this runs every training step: few host syncs)."""
         check_same_shape(raw, image, "raw", "image")
-        check_pixel_ranges([(image, "The training image", (-1.0, 1.0)), (raw, "The raw training image", (0.0, 1.0))])
+        check_pixel_ranges(
+            [(image, "The training image", (-1.0, 1.0)), (raw, "The raw training image", (0.0, 1.0))],
+            natural_images=("The training image",),
+        )
         x_t = _interpolate(image, noise, t)
         feature = None
         with values_checked_by_caller():  # t is valid here and class labels were checked: no second host sync

@@ -79,7 +79,9 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / "latest.pt" if (path / "checkpoints").is_dir() else path / "latest.pt"
-    state = safe_torch_load(path)
+    state = safe_torch_load(
+        path, consent="pixelgen's own checkpoints hold only tensors and plain values, so it was not written by pixelgen"
+    )
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a pixelgen training checkpoint (no format tag {CHECKPOINT_FORMAT!r}).")
     return state

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,29 +94,60 @@ def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
         raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): {exc}") from exc
 
 
-def safe_torch_load(path: str | os.PathLike, *, trust_pickle: bool = False, map_location: Any = "cpu") -> Any:
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTOCOL = 0x80
+
+
+def _describe_foreign_file(head: bytes) -> str:
+    """What a file that is not a torch checkpoint looks like, from its first bytes (for the error message)."""
+    text = head.lstrip()
+    if text[:1] in (b"{", b"["):
+        return "it looks like a JSON file"
+    if head.startswith(b"\x89PNG") or head.startswith(b"\xff\xd8\xff"):
+        return "it looks like an image"
+    if head.startswith(b"<"):
+        return "it looks like an HTML or XML file (a failed download?)"
+    if len(head) >= 8 and int.from_bytes(head[:8], "little") < len(head) * 2**20 and head[8:9] == b"{":
+        return "it looks like a safetensors file (load it with load_safetensors / load_pretrained)"
+    return "it is neither a zip-format nor a legacy PyTorch file"
+
+
+def safe_torch_load(
+    path: str | os.PathLike,
+    *,
+    trust_pickle: bool = False,
+    map_location: Any = "cpu",
+    consent: str = "if you trust its source, pass trust_pickle=True",
+) -> Any:
     """``torch.load`` with ``weights_only=True``; a refused pickle needs ``trust_pickle=True``.
 
-    Raises :class:`CheckpointError` for a missing, truncated or corrupt file, with one clear sentence.
+    Raises :class:`CheckpointError` with one sentence that tells apart a file that is not a checkpoint at all,
+    a truncated or corrupt checkpoint, and a pickle that ``weights_only`` refuses (naming the refused global).
+    ``consent`` ends the refusal: how the caller's user consents to unpickling, or why this caller never does.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist.")
     if path.stat().st_size == 0:
         raise CheckpointError(f"Checkpoint {path} is empty (0 bytes); it was probably cut off while being written.")
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+    if not head.startswith(_ZIP_MAGIC) and head[:1] != bytes([_PICKLE_PROTOCOL]):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: {_describe_foreign_file(head)}.")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         msg = str(exc)
-        refused = "weights_only" in msg or "Unsupported global" in msg or "WeightsUnpickler" in msg
-        if not refused:
+        refused = re.search(r"GLOBAL ([\w.]+)", msg)
+        if refused is None:
+            first = next((line for line in msg.splitlines() if line.strip()), "").split(". ")[0].rstrip(".")
             raise CheckpointError(
-                f"Checkpoint {path} could not be read (corrupt or truncated?): {type(exc).__name__}: {msg.splitlines()[0] if msg else ''}"
+                f"Checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {first[:200]})."
             ) from exc
         if not trust_pickle:
             raise CheckpointError(
-                f"Checkpoint {path} contains pickled Python objects that torch.load(weights_only=True) refuses; "
-                "load it only if you trust its source, by passing trust_pickle=True (--trust-pickle on the command line)."
+                f"Checkpoint {path} holds a pickled {refused.group(1)} that torch.load(weights_only=True) refuses "
+                f"to run; {consent}."
             ) from exc
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
