@@ -33,6 +33,8 @@ from pixelgen.checkpoint import load_pretrained, save_pretrained
 CLASS_NAMES = ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead", "electric ray", "stingray"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
+# gradio's queue uses pandas options that pandas 3 deprecates; nothing of ours
+pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
 SCREENSHOT = Path(os.environ.get("PIXELGEN_APP_SCREENSHOT", Path(__file__).parent / "artifacts" / "app.png"))
 
 
@@ -115,10 +117,10 @@ def test_engine_other_resolution_and_missing_folder(folder, tmp_path):
         DemoModel(tmp_path)
 
 
-def test_engine_text_model_matches_the_pipeline(tmp_path):
-    pytest.importorskip("transformers")
+def tiny_text_folder(path: Path):
+    """A tiny text-to-image folder with its (tiny, offline) text encoder recorded; returns (model, encoder)."""
     from pixelgen.conditioners import build_tiny_qwen3
-    from pixelgen.conditioners.pipeline import TextToImagePipeline, save_text_encoder_spec
+    from pixelgen.conditioners.pipeline import save_text_encoder_spec
 
     torch.manual_seed(0)
     model = pixelgen.build_model(
@@ -130,8 +132,21 @@ def test_engine_text_model_matches_the_pipeline(tmp_path):
             if p.requires_grad:
                 p.normal_(0.0, 0.05)
     encoder = build_tiny_qwen3()
-    save_pretrained(model, tmp_path)
-    save_text_encoder_spec(tmp_path, encoder)
+    save_pretrained(model.eval(), path)
+    save_text_encoder_spec(path, encoder)
+    return model, encoder
+
+
+def pipeline_images(model, encoder, prompt: str, negative: str | None, num: int, seed: int, **params) -> torch.Tensor:
+    from pixelgen.conditioners.pipeline import TextToImagePipeline
+
+    pipe = TextToImagePipeline(model, encoder, device="cpu")
+    return pipe([prompt], negative_prompt=negative, num_images_per_prompt=num, seed=seed, **params).images
+
+
+def test_engine_text_model_matches_the_pipeline(tmp_path):
+    pytest.importorskip("transformers")
+    model, encoder = tiny_text_folder(tmp_path)
     demo = DemoModel(tmp_path, device="cpu")
     assert demo.kind == "text" and demo.class_choices() == []
     with pytest.raises(DemoInputError, match="prompt is empty"):
@@ -139,11 +154,8 @@ def test_engine_text_model_matches_the_pipeline(tmp_path):
     settings = DemoSettings(sampler="adams", steps=3, guidance=4.0, shift=3.0, seed=2, num_images=2)
     settings.prompt, settings.negative_prompt = "a photo of a cat", "blurry"
     result = demo.run(settings)
-    pipe = TextToImagePipeline(model, encoder, device="cpu")
-    expected = pipe(
-        ["a photo of a cat"], negative_prompt="blurry", num_images_per_prompt=2, seed=2, **settings.sampler_params()
-    )
-    assert torch.equal(result.images, expected.images) and result.frames
+    expected = pipeline_images(model, encoder, "a photo of a cat", "blurry", 2, 2, **settings.sampler_params())
+    assert torch.equal(result.images, expected) and result.frames
     assert "--prompt 'a photo of a cat' --negative-prompt blurry" in result.command
 
 
@@ -211,7 +223,7 @@ def _new_browser():
 
 
 @pytest.fixture(scope="module")
-def browser(server):
+def browser():
     driver = _new_browser()
     yield driver
     driver.quit()
@@ -376,3 +388,37 @@ def test_two_sessions_sampling_at_once_both_get_their_images(browser, server, fo
     params = dict(num_steps=20, guidance=1.0, guidance_interval_min=0.1, guidance_interval_max=0.9, timeshift=2.0)
     for images, seed in zip(shown, (21, 22)):
         assert np.array_equal(images, library_images(folder, 0, 4, seed, "heun", **params))
+
+
+@pytest.fixture(scope="module")
+def text_server(tmp_path_factory):
+    """A text-to-image page served from this process (the class page above runs the real command)."""
+    pytest.importorskip("gradio", reason="the web demo needs gradio (pip install 'pixelgen[app]')")
+    pytest.importorskip("transformers")
+    from pixelgen.app import launch
+
+    folder = tmp_path_factory.mktemp("app_text_model")
+    model, encoder = tiny_text_folder(folder)
+    blocks = launch(DemoModel(folder, device="cpu"), port=_free_port(), block=False, quiet=True)
+    yield f"http://127.0.0.1:{blocks.server_port}/", model, encoder
+    blocks.close()
+    blocks.pixelgen_results.cleanup()
+
+
+def test_text_page_prompt_and_negative_prompt(browser, text_server):
+    url, model, encoder = text_server
+    page = Page(browser, url)
+    page.type("prompt", "   ")
+    page.type("s-steps", 3)
+    page.press("generate")
+    page.wait(lambda: "The prompt is empty" in page.status())
+    page.type("prompt", "a red bus")
+    page.type("negative-prompt", "blurry")
+    page.type("num-images", 2)
+    page.type("seed", 4)
+    page.press("generate")
+    shown = images_of(page, "images", 2)
+    params = dict(num_steps=3, guidance=4.0, guidance_interval_min=0.0, guidance_interval_max=1.0, timeshift=3.0)
+    expected = pipeline_images(model, encoder, "a red bus", "blurry", 2, 4, sampler="adams", order=2, **params)
+    assert np.array_equal(shown, expected.permute(0, 2, 3, 1).numpy())
+    assert "--prompt 'a red bus' --negative-prompt blurry" in page.text("command")

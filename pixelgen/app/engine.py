@@ -109,10 +109,11 @@ class DemoResult:
 def tile(images: torch.Tensor, columns: int | None = None, min_side: int = 0) -> np.ndarray:
     """uint8 (N, 3, H, W) → one HWC uint8 picture, ``columns`` per row (default: a square-ish grid), enlarged by
     an integer factor (nearest neighbour: the pixels stay visible) until its shorter side is at least ``min_side``."""
-    from pixelgen.eval.grids import tile_images
+    from torchvision.utils import make_grid
 
     n = images.shape[0]
-    picture = tile_images(images.permute(0, 2, 3, 1).numpy(), columns or math.ceil(math.sqrt(n)), padding=1)
+    grid = make_grid(images, nrow=columns or math.ceil(math.sqrt(n)), padding=1, pad_value=255)
+    picture = grid.permute(1, 2, 0).numpy()
     factor = max(1, math.ceil(min_side / min(picture.shape[:2]))) if min_side else 1
     return picture.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else picture
 
