@@ -5,7 +5,7 @@
 2. training throughput (images/s) of the demo model at 32 px and 64 px with the full objective (the demo's
    random tiny DINOv2 and random-trunk LPIPS-AlexNet when no real weights are cached), measured over the
    second half of the steps so start-up costs are left out;
-3. the wall time of ``python recipes/t2i.py --demo`` (all three stages), unless ``--skip-demo``.
+3. the wall time of ``pixelgen train --preset t2i_demo`` (all three stages), unless ``--skip-demo``.
 
     python benchmarks/t2i_cpu.py [--threads 1] [--steps 10] [--skip-demo]
 
@@ -16,7 +16,6 @@ spend most of their time waiting for each other, and the figures swing by 10x be
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import sys
@@ -25,16 +24,6 @@ import time
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("recipes_t2i", ROOT / "recipes" / "t2i.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["recipes_t2i"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def encoder_throughput(batch_sizes: list[int], repeats: int) -> list[tuple[int, float]]:
@@ -56,21 +45,16 @@ def encoder_throughput(batch_sizes: list[int], repeats: int) -> list[tuple[int, 
     return rows
 
 
-def training_throughput(recipe, stage: str, steps: int, out: Path) -> dict:
-    from pixelgen.conditioners import build_conditioner_from_spec
-    from pixelgen.conditioners.training import T2ITrainer
+def training_throughput(stage: str, steps: int, out: Path) -> dict:
+    from pixelgen.train import train
+    from pixelgen.train.presets import t2i_demo_stage
 
-    config = recipe.demo_config(stage, out, steps=steps, sft_data=out / "unused")
+    config = t2i_demo_stage(stage, out, steps=steps)
+    config.init_from = None  # throughput only: no previous stage needed
     config.sample.num_images = 0  # no grids: pure training steps
     config.log_every = steps // 2
     config.ckpt_every = config.keep_every = 10 * steps
-    trainer = T2ITrainer(
-        config, conditioner=build_conditioner_from_spec(dict(recipe.DEMO_TEXT_ENCODER)), progress=False
-    )
-    try:
-        trainer.fit()
-    finally:
-        trainer.close()
+    train(config, progress=False)
     records = [json.loads(line) for line in (Path(config.out_dir) / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in records if "images_per_s" in r][-1]
     batch = config.data.batch_size * config.optim.grad_accum
@@ -90,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-demo", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    recipe = load_recipe()
     print(f"torch {torch.__version__}, {args.threads} threads, CPU")
 
     print("\ntext encoder (qwen3_tiny_random: hidden 64, 2 layers, 128 tokens)")
@@ -102,18 +85,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'stage':>12} {'res':>4} {'img/step':>9} {'img/s':>7}")
     with tempfile.TemporaryDirectory() as tmp:
         for stage in ("pretrain256", "pretrain512"):
-            row = training_throughput(recipe, stage, args.steps, Path(tmp))
+            row = training_throughput(stage, args.steps, Path(tmp))
             print(f"{row['stage']:>12} {row['res']:>4} {row['images_per_step']:>9} {row['images_per_s']:>7.2f}")
 
         if not args.skip_demo:
+            from pixelgen.cli import main as cli
+
             start = time.perf_counter()
-            summary = recipe.run_demo(Path(tmp) / "demo", progress=False)
+            code = cli(["train", "--preset", "t2i_demo", "--out", str(Path(tmp) / "demo"), "--no-progress",
+                        "--threads", str(args.threads)])  # fmt: skip
             wall = time.perf_counter() - start
-            print(f"\ndemo (python recipes/t2i.py --demo): wall time {wall:.1f} s")
-            for stage, info in summary["stages"].items():
-                print(
-                    f"  {stage:>12}: {info['steps']} steps in {info['seconds']:.1f} s, last loss {info['last_loss']:.4f}"
-                )
+            print(f"\ndemo (pixelgen train --preset t2i_demo): exit code {code}, wall time {wall:.1f} s")
     return 0
 
 

@@ -243,6 +243,7 @@ registries.add(Registry("loss", ("pixelgen.losses",)))
 registries.add(Registry("encoder", ("pixelgen.encoders",)))
 registries.add(Registry("conditioner", ("pixelgen.conditioners",)))
 registries.add(Registry("dataset", ("pixelgen.data",)))
+registries.add(Registry("train_preset", ("pixelgen.train.presets",)))
 
 
 def get_registry(kind: str) -> Registry:

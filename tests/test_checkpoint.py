@@ -180,7 +180,7 @@ def test_convert_refuses_pickles_and_broken_files(tmp_path):
 def test_convert_command(tmp_path, capsys):
     _lightning_checkpoint(tmp_path / "pickled.ckpt", "jit", C2I, with_pickle=True)
     args = ["convert", str(tmp_path / "pickled.ckpt"), str(tmp_path / "out"), "--set", "in_context_start=1"]
-    assert cli_main(args) == 1
+    assert cli_main(args) == 2
     assert "--trust-pickle" in capsys.readouterr().err
     assert cli_main(args + ["--trust-pickle", "--weights", "raw"]) == 0
     assert "arch=jit weights=raw" in capsys.readouterr().out

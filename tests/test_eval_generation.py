@@ -199,7 +199,7 @@ def test_class_count_checks(model, checkpoint, tmp_path, capsys):
                 "cpu",
             ]
         )
-        == 1
+        == 2
     )
     assert "has 4 classes but 1000 were asked for" in capsys.readouterr().err
     text_model = pixelgen.build_model(
@@ -222,11 +222,12 @@ def test_class_count_checks(model, checkpoint, tmp_path, capsys):
 
 
 def test_presets_and_overrides():
-    from pixelgen.eval.sample_cli import _settings, add_arguments
+    from pixelgen.cli.sample import _settings, add_parser
 
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["--checkpoint", "c", "--out", "o", "--preset", "xl_cfg"])
+    sub = parser.add_subparsers()
+    add_parser(sub)
+    args = parser.parse_args(["sample", "--checkpoint", "c", "--out", "o", "--preset", "xl_cfg"])
     sampler, params, num, per_class, classes = _settings(args, 1000)
     assert (sampler, num, per_class, classes) == ("heun", 50_000, 50, 1000)
     assert params == {
@@ -240,6 +241,7 @@ def test_presets_and_overrides():
     build_sampler(sampler, **params)  # the sampler accepts every name
     args = parser.parse_args(
         [
+            "sample",
             "--checkpoint",
             "c",
             "--out",
@@ -257,6 +259,6 @@ def test_presets_and_overrides():
     assert params["guidance"] == 1.5 and params["exact_henu"] is False and num == 100
     assert SAMPLING_PRESETS["xl_nocfg"]["params"]["guidance"] == 1.0
     args = parser.parse_args(
-        ["--checkpoint", "c", "--out", "o", "--per-class", "2"]
+        ["sample", "--checkpoint", "c", "--out", "o", "--per-class", "2"]
     )  # no preset: every class of the checkpoint
     assert _settings(args, 4)[2:] == (8, 2, None)

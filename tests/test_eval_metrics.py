@@ -367,7 +367,7 @@ def test_eval_command_writes_json(tmp_path):
     result = json.loads(out.read_text())
     assert set(result["metrics"]) == {"fid", "inception_score", "inception_score_std", "precision", "recall"}
     assert result["settings"]["inception"] == "inception-random-0" and result["settings"]["num_samples"] == 8
-    assert main(["eval", str(samples), "--ref", str(tmp_path / "nope.npz"), "--inception-weights", "random"]) == 1
+    assert main(["eval", str(samples), "--ref", str(tmp_path / "nope.npz"), "--inception-weights", "random"]) == 2
 
 
 def test_fd_dinov2_with_a_tiny_test_made_encoder(tmp_path):

@@ -218,9 +218,9 @@ def test_trainer_keeps_snapshots_and_leaves_the_classic_ema_exact(tmp_path):
     info = json.loads((tmp_path / "x" / "config.json").read_text())["posthoc_ema"]
     assert info["step"] == 13 and info["sigma_rel"] == 0.07 and len(info["snapshots"]) == 10
     assert main(["ema", "list", str(tmp_path / "on")]) == 0
-    assert main(["ema", "reconstruct", str(tmp_path / "on"), "--sigma-rel", "0.5", "--out", str(tmp_path / "y")]) == 1
+    assert main(["ema", "reconstruct", str(tmp_path / "on"), "--sigma-rel", "0.5", "--out", str(tmp_path / "y")]) == 2
     assert (
-        main(["ema", "reconstruct", str(tmp_path / "plain"), "--sigma-rel", "0.1", "--out", str(tmp_path / "y")]) == 1
+        main(["ema", "reconstruct", str(tmp_path / "plain"), "--sigma-rel", "0.1", "--out", str(tmp_path / "y")]) == 2
     )
 
 

@@ -2,7 +2,7 @@
 distributed resumable epoch sampler and a fast loader.
 
 Datasets are registered in ``registries.dataset``: ``imagenet``, ``demo``, ``demo_captions``,
-``webdataset_captions``, ``caption_folder``. Every dataset yields dicts with ``image`` (3, S, S) in [-1, 1],
+``webdataset_captions``, ``caption_folder``, ``image_folder_flat``. Every dataset yields dicts with ``image`` (3, S, S) in [-1, 1],
 ``raw`` (3, S, S) in [0, 1] and ``label`` (int) or ``caption`` (str); :func:`collate` batches them.
 
 Example::
@@ -25,6 +25,7 @@ from pixelgen.registry import registries
 from .captions import CAPTION_PREFIXES, CaptionPrefixAugment
 from .counters import SampleCounters
 from .demo import DEMO_CLASSES, DemoCaptionDataset, DemoDataset, demo_captions
+from .flat import FlatImageFolderDataset
 from .folders import IMAGE_EXTENSIONS, BadImageLimitError, CaptionFolderDataset, ImageFolderDataset
 from .loader import PositionedLoader, build_loader, collate
 from .sampler import EpochBatchSampler, rank_and_world_size
@@ -42,6 +43,7 @@ __all__ = [
     "DemoCaptionDataset",
     "DemoDataset",
     "EpochBatchSampler",
+    "FlatImageFolderDataset",
     "IMAGE_EXTENSIONS",
     "ImageFolderDataset",
     "PositionedLoader",

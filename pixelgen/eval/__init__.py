@@ -6,8 +6,8 @@ and the GenEval / DPG-Bench prompt sets.
 ...                        sampler_params=SAMPLING_PRESETS["xl_cfg"]["params"])
 >>> evaluate("samples/xl/samples.npz", "VIRTUAL_imagenet256_labeled.npz")["metrics"]   # fid, sfid, IS, P/R
 
-Command line: ``pixelgen sample`` (:mod:`pixelgen.eval.sample_cli`) and ``pixelgen eval``
-(:mod:`pixelgen.eval.metrics_cli`).
+Command line: ``pixelgen sample`` (:mod:`pixelgen.cli.sample`) and ``pixelgen eval``
+(:mod:`pixelgen.cli.evaluate`).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from torch import nn
 
 from ..utils.io import atomic_save_json
 from .checkpointing import CheckpointManager, capture_rng_state, load_training_checkpoint, restore_rng_state
-from .config import TrainConfig
+from .config import TrainConfig, check_against_model
 from .distributed import (
     DistInfo,
     all_gather_ints,
@@ -154,6 +154,7 @@ class Trainer:
         seed_everything(config.seed)
         self.model = (model if model is not None else _build_model(config)).to(self.device)
         self.objective = (objective if objective is not None else _build_objective(config, self.model)).to(self.device)
+        check_against_model(config, self.model, self.objective, data=dataset is None and loader is None)
         self.ema = EMA(self.model, config.ema_decay)
         self.modules = TrainModules(self.model, self.objective)
         self.train_step_module = self._wrap(self.modules)
@@ -169,7 +170,9 @@ class Trainer:
         seed_everything(config.seed + self.dist.rank)
         self.loader = loader if loader is not None else self._build_loader(dataset)
         if self.class_names is None:
-            self.class_names = getattr(getattr(self.loader, "dataset", None), "class_names", None)
+            self.class_names = config.data.class_names or getattr(
+                getattr(self.loader, "dataset", None), "class_names", None
+            )
 
         # A checkpoint of this run wins; otherwise a new stage starts from init_from (also when resume="auto"
         # finds nothing yet, i.e. the first launch of a stage).
@@ -625,11 +628,15 @@ class Trainer:
 
                 plain = build_model(self.model.arch, **self.model.config)
                 plain.load_state_dict(full)
-                save_pretrained(plain, target)
+                save_pretrained(plain, target, extra=self._export_extra())
         elif self.dist.is_main:
-            save_pretrained(self.ema.model, target)
+            save_pretrained(self.ema.model, target, extra=self._export_extra())
         barrier()
         return target if self.dist.is_main else None
+
+    def _export_extra(self) -> dict[str, Any] | None:
+        """What later tools read from the export besides the weights: the class names (captions, the app)."""
+        return {"class_names": list(self.class_names)} if self.class_names else None
 
     def close(self) -> None:
         self.logger.close()
@@ -639,7 +646,12 @@ class Trainer:
 
 def train(config: TrainConfig, *, resume: str | None = None, **parts: Any) -> TrainResult:
     """Build a :class:`Trainer`, run it, and release the process group (the recipes' entry point)."""
-    trainer = Trainer(config, resume=resume, **parts)
+    if config.text is not None:  # text-to-image: the trainer with a text encoder
+        from .text import T2ITrainer
+
+        trainer: Trainer = T2ITrainer(config, resume=resume, **parts)
+    else:
+        trainer = Trainer(config, resume=resume, **parts)
     try:
         return trainer.fit()
     finally:

@@ -11,6 +11,8 @@ Resumable: rerun the same command after an interruption; finished settings are r
 
 from __future__ import annotations
 
+from .common import non_negative_int, positive_float, positive_int
+
 HELP = "sweep EMA width x guidance (paired samples, FID or FD-DINOv2): table, plot and the final-set command"
 
 
@@ -32,9 +34,10 @@ def _interval(text: str) -> tuple[float, float]:
     return values[0], values[1]
 
 
-def add_arguments(p) -> None:
+def add_parser(subparsers):
     from pixelgen.eval.generation import SAMPLING_PRESETS
 
+    p = subparsers.add_parser("sweep", help=HELP, description=HELP)
     p.add_argument("source", metavar="RUN_OR_MODEL", help="training run with post-hoc EMA snapshots, or a model folder")
     p.add_argument("--ref", required=True, help="reference images or statistics (as for pixelgen eval)")
     p.add_argument("--out", required=True, help="sweep folder (resumable)")
@@ -47,21 +50,25 @@ def add_arguments(p) -> None:
         default=None,
         help="guidance interval MIN,MAX (repeat to sweep several; default: the preset's, else 0,1)",
     )
-    p.add_argument("--num", type=int, required=True, help="samples per setting (the same labels and noise in each)")
-    p.add_argument("--per-class", type=int, default=None, help="samples per class (default: num // classes)")
+    p.add_argument(
+        "--num", type=positive_int, required=True, help="samples per setting (the same labels and noise in each)"
+    )
+    p.add_argument("--per-class", type=positive_int, default=None, help="samples per class (default: num // classes)")
     p.add_argument("--metric", choices=["fid", "fd_dinov2"], default="fid", help="what to minimise (default fid)")
     p.add_argument("--preset", choices=sorted(SAMPLING_PRESETS), help="base sampler settings (e.g. xl_cfg)")
     p.add_argument("--sampler", help="registered sampler name (default: the preset's, else heun)")
-    p.add_argument("--steps", type=int, help="number of steps (default 50)")
-    p.add_argument("--shift", type=float, help="time-grid shift")
+    p.add_argument("--steps", type=positive_int, help="number of steps (default 50)")
+    p.add_argument("--shift", type=positive_float, help="time-grid shift")
     p.add_argument("--lazy-heun", action="store_true", help="Heun reusing the corrector velocity (exact_henu=False)")
-    p.add_argument("--order", type=int, help="Adams order (adams sampler only)")
+    p.add_argument("--order", type=positive_int, help="Adams order (adams sampler only)")
     p.add_argument("--exact-final-step", action="store_true", help="land on x̂ at t=1")
-    p.add_argument("--seed", type=int, default=0, help="seed shared by every setting (paired comparison)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per network batch")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed shared by every setting (paired comparison)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per network batch")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="sampling precision (recorded)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--step", type=int, default=None, help="reconstruct the EMAs at this training step (runs only)")
+    p.add_argument(
+        "--step", type=non_negative_int, default=None, help="reconstruct the EMAs at this training step (runs only)"
+    )
     p.add_argument(
         "--inception-weights",
         default=None,
@@ -72,8 +79,11 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--cache-dir", default=None, help="reference statistics cache (default: ~/.cache/pixelgen/eval)")
     p.add_argument("--keep-samples", action="store_true", help="keep each setting's samples.npz after scoring")
-    p.add_argument("--final-num", type=int, default=50_000, help="size of the final sample set in the printed command")
+    p.add_argument(
+        "--final-num", type=positive_int, default=50_000, help="size of the final sample set in the printed command"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
 
 
 def run(args) -> int:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-HELP = "list registered parts (backbones, samplers, losses, encoders ...) and plugins"
+HELP = "list registered parts (backbones, samplers, losses, presets, encoders ...) and plugins"
 
 
-def add_arguments(p):
+def add_parser(subparsers):
     from pixelgen.registry import registries
 
+    p = subparsers.add_parser("list", help=HELP, description=HELP)
     p.add_argument("kind", nargs="?", choices=registries.kinds(), help="registry kind (default: all)")
     p.add_argument("pattern", nargs="?", default="*", help="glob over names")
+    return p
 
 
 def run(args) -> int:

@@ -9,11 +9,16 @@ Examples::
 
 from __future__ import annotations
 
+from .common import non_negative_int
+
 HELP = "post-hoc EMA: list a run's snapshots, or reconstruct any EMA width from them into a model folder"
 
 
-def add_arguments(p) -> None:
-    sub = p.add_subparsers(dest="ema_command", metavar="ACTION", required=True)
+def add_parser(subparsers):
+    from .common import ArgumentParser
+
+    p = subparsers.add_parser("ema", help=HELP, description=HELP)
+    sub = p.add_subparsers(dest="ema_command", metavar="ACTION", required=True, parser_class=ArgumentParser)
     rec = sub.add_parser(
         "reconstruct",
         help="solve for an EMA profile from the snapshots and write model.safetensors + config.json",
@@ -22,10 +27,13 @@ def add_arguments(p) -> None:
     )
     rec.add_argument("run", help="training run folder (with posthoc_ema/ snapshots)")
     rec.add_argument("--sigma-rel", type=float, required=True, help="relative EMA width, e.g. 0.07 (0 < w <= 0.2887)")
-    rec.add_argument("--step", type=int, default=None, help="training step (default: the last complete snapshot)")
+    rec.add_argument(
+        "--step", type=non_negative_int, default=None, help="training step (default: the last complete snapshot)"
+    )
     rec.add_argument("--out", required=True, help="output folder (loadable by pixelgen.load_pretrained)")
     ls = sub.add_parser("list", help="the run's complete snapshots: steps, widths and sizes")
     ls.add_argument("run", help="training run folder")
+    return p
 
 
 def run(args) -> int:

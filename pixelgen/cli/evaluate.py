@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .common import positive_int
+
 HELP = "score a sample set (ADM .npz or image folder) against a reference: FID, sFID, IS, precision/recall, FD-DINOv2"
 
 log = logging.getLogger("pixelgen.eval")
 
 
-def add_arguments(p) -> None:
+def add_parser(subparsers):
+    p = subparsers.add_parser("eval", help=HELP, description=HELP)
     p.add_argument(
         "samples", help="samples: ADM-format .npz (arr_0 uint8 NHWC, e.g. from `pixelgen sample`) or an image folder"
     )
@@ -35,20 +38,23 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--dinov2-weights", default=None, help="DINOv2 weights for fd_dinov2 (default: resolved offline-first)"
     )
-    p.add_argument("--num-samples", type=int, default=None, help="use only the first N samples")
-    p.add_argument("--batch-size", type=int, default=50, help="images per feature-network batch")
+    p.add_argument("--num-samples", type=positive_int, default=None, help="use only the first N samples")
+    p.add_argument("--batch-size", type=positive_int, default=50, help="images per feature-network batch")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument(
         "--cache-dir", default=None, help="where reference statistics are cached (default: ~/.cache/pixelgen/eval)"
     )
-    p.add_argument("--k", type=int, default=3, help="neighbourhood size of precision/recall (ADM: 3)")
-    p.add_argument("--is-split-size", type=int, default=5000, help="samples per Inception Score split (ADM: 5000)")
+    p.add_argument("--k", type=positive_int, default=3, help="neighbourhood size of precision/recall (ADM: 3)")
+    p.add_argument(
+        "--is-split-size", type=positive_int, default=5000, help="samples per Inception Score split (ADM: 5000)"
+    )
     p.add_argument(
         "--recompute-ref-stats",
         action="store_true",
         help="ignore mu/sigma stored in the reference .npz and compute them from its images",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
 
 
 def run(args) -> int:

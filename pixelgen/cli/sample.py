@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 
+from .common import finite_float, non_negative_int, positive_float, positive_int
+
 HELP = (
     "generate a class-balanced sample set (samples.npz, ADM format) from a checkpoint; resumable, torchrun-distributed"
 )
@@ -22,8 +24,10 @@ HELP = (
 log = logging.getLogger("pixelgen.sample")
 
 
-def add_arguments(p) -> None:
+def add_parser(subparsers):
     from pixelgen.eval.generation import SAMPLING_PRESETS
+
+    p = subparsers.add_parser("sample", help=HELP, description=HELP)
 
     p.add_argument("--checkpoint", required=True, help="folder written by save_pretrained / `pixelgen convert`")
     p.add_argument("--out", required=True, help="output folder (shards, samples.npz, grids, run.json)")
@@ -34,26 +38,36 @@ def add_arguments(p) -> None:
     )
     p.add_argument(
         "--num-samples",
-        type=int,
+        type=positive_int,
         help="number of samples (default: per-class x the checkpoint's classes; presets: 50000)",
     )
-    p.add_argument("--per-class", type=int, help="samples per class; sample i has class i // per-class (default 50)")
-    p.add_argument("--num-classes", type=int, help="class count the checkpoint must have (presets: 1000)")
-    p.add_argument("--sampler", help="registered sampler name (default heun)")
-    p.add_argument("--steps", type=int, help="number of steps (default 50)")
-    p.add_argument("--guidance", type=float, help="CFG scale (default 1.0)")
     p.add_argument(
-        "--interval", type=float, nargs=2, metavar=("MIN", "MAX"), help="guidance interval (t_min, t_max] (default 0 1)"
+        "--per-class", type=positive_int, help="samples per class; sample i has class i // per-class (default 50)"
     )
-    p.add_argument("--shift", type=float, help="time-grid shift (default 1.0)")
+    p.add_argument("--num-classes", type=positive_int, help="class count the checkpoint must have (presets: 1000)")
+    p.add_argument("--sampler", help="registered sampler name (default heun)")
+    p.add_argument("--steps", type=positive_int, help="number of steps (default 50)")
+    p.add_argument("--guidance", type=finite_float, help="CFG scale (default 1.0)")
+    p.add_argument(
+        "--interval",
+        type=finite_float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        help="guidance interval (t_min, t_max] (default 0 1)",
+    )
+    p.add_argument("--shift", type=positive_float, help="time-grid shift (default 1.0)")
     p.add_argument("--lazy-heun", action="store_true", help="Heun reusing the corrector velocity (exact_henu=False)")
-    p.add_argument("--order", type=int, help="Adams order (adams sampler only)")
+    p.add_argument("--order", type=positive_int, help="Adams order (adams sampler only)")
     p.add_argument(
         "--exact-final-step", action="store_true", help="land on x̂ at t=1 instead of the original's clamped last step"
     )
-    p.add_argument("--seed", type=int, default=0, help="global seed; sample i's noise depends on (seed, i) only")
-    p.add_argument("--batch-size", type=int, default=32, help="images per network batch (does not change the images)")
-    p.add_argument("--shard-size", type=int, default=1000, help="images per resumable shard")
+    p.add_argument(
+        "--seed", type=non_negative_int, default=0, help="global seed; sample i's noise depends on (seed, i) only"
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, default=32, help="images per network batch (does not change the images)"
+    )
+    p.add_argument("--shard-size", type=positive_int, default=1000, help="images per resumable shard")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda:<LOCAL_RANK> when available)")
     p.add_argument(
         "--precision",
@@ -61,9 +75,13 @@ def add_arguments(p) -> None:
         default="fp32",
         help="network precision: fp32, or bf16 autocast (low FIDs move with it; recorded in run.json)",
     )
-    p.add_argument("--max-shards", type=int, default=None, help="stop after this many new shards (rerun to continue)")
-    p.add_argument("--rank", type=int, default=None, help="this job's index for independent jobs without torchrun")
-    p.add_argument("--world-size", type=int, default=None, help="number of independent jobs without torchrun")
+    p.add_argument(
+        "--max-shards", type=positive_int, default=None, help="stop after this many new shards (rerun to continue)"
+    )
+    p.add_argument(
+        "--rank", type=non_negative_int, default=None, help="this job's index for independent jobs without torchrun"
+    )
+    p.add_argument("--world-size", type=positive_int, default=None, help="number of independent jobs without torchrun")
     p.add_argument("--keep-shards", action="store_true", help="keep the shard files after samples.npz is written")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     t2i = p.add_argument_group(
@@ -83,6 +101,7 @@ def add_arguments(p) -> None:
         help="text encoder (registered name, folder or HF id; default: the checkpoint's)",
     )
     t2i.add_argument("--negative-prompt", default=None, help="prompt of the unconditional branch (default: empty)")
+    return p
 
 
 def _settings(args, num_classes: int, base: dict | None = None) -> tuple[str, dict, int, int, int | None]:

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import json
 
+from .common import add_set_argument, parse_assignments
+
 HELP = "convert an original PixelGen Lightning .ckpt into model.safetensors + config.json (EMA weights by default)"
 
 
-def _key_value(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--set expects KEY=VALUE, got {text!r}.")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
-def add_arguments(p) -> None:
+def add_parser(subparsers):
+    p = subparsers.add_parser("convert", help=HELP, description=HELP)
     p.add_argument(
         "checkpoint", help="original .ckpt (state_dict with denoiser.*, ema_denoiser.*, diffusion_trainer.proj.*)"
     )
@@ -26,32 +19,25 @@ def add_arguments(p) -> None:
         "--weights", choices=("ema", "raw"), default="ema", help="EMA weights (default) or the raw training weights"
     )
     p.add_argument("--preset", help="backbone preset for what shapes cannot tell (default: the matching preset)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override with the original argument names, e.g. --set in_context_start=8 (repeatable)",
-    )
+    add_set_argument(p, "config override with the original argument names, e.g. --set in_context_start=8 (repeatable)")
     p.add_argument(
         "--trust-pickle",
         action="store_true",
         help="allow full unpickling when torch.load(weights_only=True) refuses the file (only for trusted files)",
     )
+    return p
 
 
 def run(args) -> int:
     from pixelgen.checkpoint import convert_checkpoint
 
-    overrides = dict(_key_value(item) for item in args.overrides)
     out = convert_checkpoint(
         args.checkpoint,
         args.out_dir,
         weights=args.weights,
         preset=args.preset,
         trust_pickle=args.trust_pickle,
-        **overrides,
+        **parse_assignments(args.overrides),
     )
     config = json.loads((out / "config.json").read_text())
     print(f"wrote {out}: arch={config['arch']} weights={args.weights}")

@@ -1,4 +1,5 @@
-"""Text-to-image training on top of :class:`pixelgen.train.Trainer`: caption encoding, prompt grids, export.
+"""Text-to-image training: the trainer with a text encoder, chosen by :func:`pixelgen.train.train` when the
+config has a ``text`` section (``TrainConfig.text``: encoder, ``pad_mask``, grid prompts).
 
 * :class:`TextBatchEncoder` turns dataset batches (``caption`` lists) into objective batches: ``cond`` = the
   caption embeddings, ``uncond`` = the ``""`` embedding (what the CFG dropout swaps in, spec §4.10).
@@ -20,16 +21,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from pixelgen.train import Trainer, save_image_grid
-
-from .pipeline import (
+from ..conditioners.pipeline import (
     TextToImagePipeline,
     check_text_compatible,
     pack_text_condition,
     save_text_encoder_spec,
     unpack_text_condition,
 )
-from .qwen3 import Qwen3TextConditioner, check_prompts
+from ..conditioners.qwen3 import Qwen3TextConditioner, check_prompts
+from .metrics import save_image_grid
+from .trainer import Trainer
 
 __all__ = ["TextBatchEncoder", "attach_text_mask_unpacking", "T2ITrainer"]
 
@@ -84,12 +85,32 @@ def attach_text_mask_unpacking(model: nn.Module):
 class T2ITrainer(Trainer):
     """The trainer with a text conditioner.
 
-    Args (besides :class:`~pixelgen.train.Trainer`'s): ``conditioner`` (frozen, moved to the training
-    device), ``prompts`` (the sample-grid prompts; defaults to none, which disables grids).
-    Sampling for grids uses ``config.sample.sampler`` / ``params`` / ``seed`` / ``batch_size``.
+    Args (besides :class:`~pixelgen.train.Trainer`'s): ``conditioner`` (frozen, moved to the training device;
+    default: built from ``config.text.encoder`` straight onto the training device), ``prompts`` (the
+    sample-grid prompts; default ``config.text.prompts``; none disables grids). Sampling for grids uses
+    ``config.sample.sampler`` / ``params`` / ``seed`` / ``batch_size``.
     """
 
-    def __init__(self, config, *, conditioner: Qwen3TextConditioner, prompts: Sequence[str] = (), **parts: Any):
+    def __init__(
+        self,
+        config,
+        *,
+        conditioner: Qwen3TextConditioner | None = None,
+        prompts: Sequence[str] | None = None,
+        **parts: Any,
+    ):
+        text = config.text
+        if conditioner is None:
+            if text is None:
+                raise ValueError("A text-to-image run needs config.text (the text encoder) or a conditioner.")
+            from ..conditioners import build_conditioner_from_spec
+            from .distributed import training_device
+
+            conditioner = build_conditioner_from_spec(
+                text.encoder, pad_mask=text.pad_mask, device=training_device(config.device)
+            )
+        if prompts is None:
+            prompts = list(text.prompts) if text is not None else []
         self.conditioner = conditioner
         self.prompts = check_prompts(list(prompts), "prompts") if prompts else []
         super().__init__(config, batch_transform=TextBatchEncoder(conditioner), **parts)
@@ -131,7 +152,7 @@ class T2ITrainer(Trainer):
                     min_side=128,
                 )
                 self.logger.event(self.step, "samples", path=str(path))
-        from pixelgen.train.distributed import barrier
+        from .distributed import barrier
 
         barrier()
         return path

@@ -19,6 +19,8 @@ import json
 import re
 from pathlib import Path
 
+from .common import finite_float, non_negative_int, positive_float, positive_int
+
 HELP = (
     "generate images from text prompts (text-to-image checkpoint: Adams-2, 25 steps, CFG 4, shift 3) or class labels"
     " (class-to-image checkpoint: Heun, 50 steps)"
@@ -31,33 +33,47 @@ _DEFAULTS = {
 }
 
 
-def add_arguments(p) -> None:
+def add_parser(subparsers):
+    p = subparsers.add_parser("generate", help=HELP, description=HELP)
     p.add_argument("--checkpoint", required=True, help="exported checkpoint folder (model.safetensors + config.json)")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
     p.add_argument(
-        "--class", dest="classes", type=int, action="append", default=[], help="class models: a label (repeatable)"
+        "--class",
+        dest="classes",
+        type=non_negative_int,
+        action="append",
+        default=[],
+        help="class models: a label (repeatable)",
     )
     p.add_argument("--prompt-file", help="a text file with one prompt per line (added to --prompt)")
     p.add_argument("--negative-prompt", default=None, help='encoded as the unconditional embedding instead of ""')
-    p.add_argument("--num", type=int, default=4, help="images per prompt (default 4)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num", type=positive_int, default=4, help="images per prompt (default 4)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--out", default="generated", help="output folder (default ./generated)")
     p.add_argument("--sampler", default=None, help="sampler name (default adams for text, heun for class models)")
-    p.add_argument("--steps", type=int, default=None, help="default 25 (text) or 50 (class)")
-    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default 4 for text, 1 for class)")
+    p.add_argument("--steps", type=positive_int, default=None, help="default 25 (text) or 50 (class)")
+    p.add_argument("--guidance", type=finite_float, default=None, help="CFG scale (default 4 for text, 1 for class)")
     p.add_argument(
-        "--interval", type=float, nargs=2, metavar=("MIN", "MAX"), help="guidance interval (default: the sampler's)"
+        "--interval",
+        type=finite_float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        help="guidance interval (default: the sampler's)",
     )
-    p.add_argument("--shift", type=float, default=None, help="time shift of the grid (default 3 text, 1 class)")
-    p.add_argument("--order", type=int, default=2, help="Adams order (1-4)")
-    p.add_argument("--height", type=int, default=None, help="default: the training resolution")
-    p.add_argument("--width", type=int, default=None, help="default: the training resolution")
-    p.add_argument("--resolution", type=int, default=None, help="square images of this size (= --height and --width)")
+    p.add_argument(
+        "--shift", type=positive_float, default=None, help="time shift of the grid (default 3 text, 1 class)"
+    )
+    p.add_argument("--order", type=positive_int, default=2, help="Adams order (1-4)")
+    p.add_argument("--height", type=positive_int, default=None, help="default: the training resolution")
+    p.add_argument("--width", type=positive_int, default=None, help="default: the training resolution")
+    p.add_argument(
+        "--resolution", type=positive_int, default=None, help="square images of this size (= --height and --width)"
+    )
     p.add_argument("--text-encoder", default=None, help="registered name, folder or HF id (default: the checkpoint's)")
     mask = p.add_mutually_exclusive_group()
     mask.add_argument("--pad-mask", dest="pad_mask", action="store_true", default=None, help="mask text padding tokens")
     mask.add_argument("--no-pad-mask", dest="pad_mask", action="store_false", help="feed padding unmasked (original)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument(
         "--precision",
@@ -66,6 +82,7 @@ def add_arguments(p) -> None:
         help="network precision (default auto: bf16 autocast on CUDA, fp32 elsewhere)",
     )
     p.add_argument("--trajectory", action="store_true", help="also save each image's denoising steps as a GIF")
+    return p
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -178,7 +195,7 @@ def _run_classes(args) -> int:
 def run(args) -> int:
     from PIL import Image
 
-    from .pipeline import TextToImagePipeline, save_trajectory_gif
+    from pixelgen.conditioners.pipeline import TextToImagePipeline, save_trajectory_gif
 
     if args.num < 1:
         raise ValueError(f"--num must be at least 1, got {args.num}.")

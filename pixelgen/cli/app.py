@@ -11,7 +11,8 @@ from __future__ import annotations
 HELP = "serve an interactive sampling page for a model folder (needs pixelgen[app]: gradio)"
 
 
-def add_arguments(p) -> None:
+def add_parser(subparsers):
+    p = subparsers.add_parser("app", help=HELP, description=HELP)
     p.add_argument("--checkpoint", required=True, help="model folder (model.safetensors + config.json)")
     p.add_argument(
         "--host",
@@ -29,15 +30,15 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--text-encoder", default=None, help="text models: encoder name, folder or HF id (default: the checkpoint's)"
     )
+    return p
 
 
 def run(args) -> int:
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be from 0 to 65535, got {args.port}.")
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise RuntimeError("The web demo needs gradio, which is not installed: pip install 'pixelgen[app]'.") from None
+    from pixelgen.utils.extras import require_extra
+
+    require_extra("gradio", "app", feature="The web demo")
     import logging
 
     from pixelgen.app import DemoModel, launch
