@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import zipfile
@@ -390,6 +391,23 @@ def test_two_sessions_sampling_at_once_both_get_their_images(browser, server, fo
         assert np.array_equal(images, library_images(folder, 0, 4, seed, "heun", **params))
 
 
+class HeldDemo(DemoModel):
+    """Holds its first sampling after the first progress report until ``release`` is set (at most 60 s), so a
+    test can see the progress on the page without racing the sampler."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = threading.Event()
+
+    def run(self, settings, on_progress=None):
+        def report(fraction: float) -> None:
+            if on_progress is not None:
+                on_progress(fraction)
+            self.release.wait(timeout=60)
+
+        return super().run(settings, on_progress=report)
+
+
 @pytest.fixture(scope="module")
 def text_server(tmp_path_factory):
     """A text-to-image page served from this process (the class page above runs the real command)."""
@@ -399,14 +417,15 @@ def text_server(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("app_text_model")
     model, encoder = tiny_text_folder(folder)
-    blocks = launch(DemoModel(folder, device="cpu"), port=_free_port(), block=False, quiet=True)
-    yield f"http://127.0.0.1:{blocks.server_port}/", model, encoder
+    demo = HeldDemo(folder, device="cpu")
+    blocks = launch(demo, port=_free_port(), block=False, quiet=True)
+    yield f"http://127.0.0.1:{blocks.server_port}/", model, encoder, demo
     blocks.close()
     blocks.pixelgen_results.cleanup()
 
 
-def test_text_page_prompt_and_negative_prompt(browser, text_server):
-    url, model, encoder = text_server
+def test_text_page_prompt_negative_prompt_and_progress(browser, text_server):
+    url, model, encoder, demo = text_server
     page = Page(browser, url)
     page.type("prompt", "   ")
     page.type("s-steps", 3)
@@ -417,6 +436,8 @@ def test_text_page_prompt_and_negative_prompt(browser, text_server):
     page.type("num-images", 2)
     page.type("seed", 4)
     page.press("generate")
+    page.wait(lambda: "sampling (t =" in page.find("#images")[0].text)  # progress while it samples
+    demo.release.set()
     shown = images_of(page, "images", 2)
     params = dict(num_steps=3, guidance=4.0, guidance_interval_min=0.0, guidance_interval_max=1.0, timeshift=3.0)
     expected = pipeline_images(model, encoder, "a red bus", "blurry", 2, 4, sampler="adams", order=2, **params)
