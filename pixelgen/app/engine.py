@@ -69,10 +69,19 @@ class DemoSettings:
 
 
 def default_settings(kind: str) -> DemoSettings:
-    """The paper's settings for the kind of model: Heun 50 with shift 2 for class models (the XL setting without
-    guidance, so a small model's samples are not over-saturated), Adams-2, 25 steps, CFG 4, shift 3 for text."""
+    """What the page starts with. Text models: the original demo's settings (Adams-2, 25 steps, CFG 4, shift 3,
+    4 images, seed 0, its prompt and negative prompt). Class models: Heun 50 with shift 2 and the interval
+    (0.1, 0.9] of the paper's XL setting, guidance 1 (a small model's samples saturate under CFG)."""
     if kind == "text":
-        return DemoSettings(sampler="adams", steps=25, guidance=4.0, shift=3.0, order=2, prompt="a photo of a cat")
+        return DemoSettings(
+            sampler="adams",
+            steps=25,
+            guidance=4.0,
+            shift=3.0,
+            order=2,
+            prompt="A beautiful woman.",
+            negative_prompt="Unrealistic, JPEG artifacts.",
+        )
     return DemoSettings(sampler="heun", steps=50, guidance=1.0, interval_min=0.1, interval_max=0.9, shift=2.0)
 
 

@@ -212,7 +212,9 @@ def build_app(demo_model: DemoModel, *, title: str = "pixelgen"):
             with gr.Column(scale=1, min_width=300):
                 if text:
                     prompt = gr.Textbox(defaults.prompt, label="Prompt", lines=2, elem_id="prompt")
-                    negative = gr.Textbox("", label="Negative prompt", lines=1, elem_id="negative-prompt")
+                    negative = gr.Textbox(
+                        defaults.negative_prompt, label="Negative prompt", lines=1, elem_id="negative-prompt"
+                    )
                     condition = [prompt, negative]
                 else:
                     choices = demo_model.class_choices()
