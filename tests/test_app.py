@@ -443,3 +443,13 @@ def test_text_page_prompt_negative_prompt_and_progress(browser, text_server):
     expected = pipeline_images(model, encoder, "a red bus", "blurry", 2, 4, sampler="adams", order=2, **params)
     assert np.array_equal(shown, expected.permute(0, 2, 3, 1).numpy())
     assert "--prompt 'a red bus' --negative-prompt blurry" in page.text("command")
+
+
+def test_app_command_refuses_bad_arguments_in_one_sentence(tmp_path, capsys):
+    from pixelgen.cli import main as cli_main
+
+    assert cli_main(["app", "--checkpoint", str(tmp_path / "missing")]) != 0
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Traceback" not in err
+    assert cli_main(["app", "--checkpoint", str(tmp_path), "--port", "70000"]) != 0
+    assert "--port must be from 0 to 65535" in capsys.readouterr().err
