@@ -270,12 +270,17 @@ def build_app(demo_model: DemoModel, *, title: str = "pixelgen"):
                                 download = gr.File(label="Download (PNGs, GIF, settings)", elem_id="download")
                     with gr.Tab("Compare samplers", elem_id="tab-compare"):
                         gr.Markdown("Same condition, seed, images and resolution; two sampler settings side by side.")
+                        sides = (("a", defaults), ("b", _other(defaults)))
+                        side_knobs = []
                         with gr.Row():
-                            side_outputs = []
-                            side_knobs = []
-                            for side, d in (("a", defaults), ("b", _other(defaults))):
+                            for side, d in sides:
                                 with gr.Column():
                                     side_knobs.append(sampler_inputs(side, d, label=f"Setting {side.upper()}"))
+                        compare = gr.Button("Compare", variant="primary", elem_id="compare")
+                        side_outputs = []
+                        with gr.Row():
+                            for side, _ in sides:
+                                with gr.Column():
                                     side_outputs += [
                                         gr.Gallery(
                                             label=f"Setting {side.upper()}",
@@ -295,7 +300,6 @@ def build_app(demo_model: DemoModel, *, title: str = "pixelgen"):
                                             elem_classes=["pg-command"],
                                         ),
                                     ]
-                        compare = gr.Button("Compare", variant="primary", elem_id="compare")
         knobs_a, knobs_b = side_knobs
         run.click(
             on_generate,
