@@ -1,8 +1,24 @@
 """pixelgen: pixel-space diffusion trained with perceptual losses (PixelGen), as a plugin-friendly library.
 
-Public API (imported lazily, so ``import pixelgen`` stays cheap)::
+The front door: for every kind of part, ``build_X`` / ``list_X`` / ``register_X`` (imported lazily, so
+``import pixelgen`` stays cheap)::
 
-    from pixelgen import build_model, build_sampler, generate, losses, load_pretrained
+    kind              build                          list                       register
+    backbone          build_model (build_backbone)   list_models (list_backbones) register_model (register_backbone)
+    sampler           build_sampler                  list_samplers              register_sampler
+    loss term         build_loss                     list_losses                register_loss
+    objective preset  build_objective                list_objective_presets     register_objective_preset
+    sampling preset   build_sampling_preset          list_sampling_presets      register_sampling_preset
+    training preset   build_train_preset             list_train_presets         register_train_preset
+    frozen encoder    build_encoder                  list_encoders              register_encoder
+    text conditioner  build_conditioner              list_conditioners          register_conditioner
+    dataset           build_dataset                  list_datasets              register_dataset
+
+``build_X(name, **options)`` checks the option names (with "did you mean") and their types; ``list_X(pattern)``
+returns sorted names matching a glob; ``register_X("name")`` is a decorator (plugins do the same through the
+``pixelgen`` entry-point group). Weights load with ``from_pretrained(folder)`` (also ``load_pretrained``), the
+text-to-image pipeline with ``TextToImagePipeline.from_pretrained(folder)``; ``generate`` samples;
+``pixelgen.train.train(TrainConfig(...))`` trains.
 """
 
 from __future__ import annotations
@@ -26,8 +42,9 @@ __version__ = "0.1.0"
 _LAZY: dict[str, tuple[str, str | None]] = {
     # backbones
     "build_model": ("pixelgen.backbones", "build_model"),
+    "build_backbone": ("pixelgen.backbones", "build_model"),
     "list_models": ("pixelgen.backbones", "list_models"),
-    "register_model": ("pixelgen.backbones", "register_model"),
+    "from_pretrained": ("pixelgen.checkpoint", "load_pretrained"),
     "load_pretrained": ("pixelgen.checkpoint", "load_pretrained"),
     "save_pretrained": ("pixelgen.checkpoint", "save_pretrained"),
     "convert_checkpoint": ("pixelgen.checkpoint", "convert_checkpoint"),
@@ -35,9 +52,15 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "build_sampler": ("pixelgen.samplers", "build_sampler"),
     "list_samplers": ("pixelgen.samplers", "list_samplers"),
     "generate": ("pixelgen.samplers", "generate"),
-    # losses / encoders
+    # losses / encoders / conditioners / data / training
     "build_objective": ("pixelgen.losses", "build_objective"),
     "build_encoder": ("pixelgen.encoders", "build_encoder"),
+    "build_conditioner": ("pixelgen.conditioners", "build_conditioner"),
+    "TextToImagePipeline": ("pixelgen.conditioners.pipeline", "TextToImagePipeline"),
+    "build_dataset": ("pixelgen.data", "build_dataset"),
+    "list_datasets": ("pixelgen.data", "list_datasets"),
+    "build_train_preset": ("pixelgen.train.presets", "build_train_preset"),
+    "TrainConfig": ("pixelgen.train.config", "TrainConfig"),
     # sub-packages
     "losses": ("pixelgen.losses", None),
     "samplers": ("pixelgen.samplers", None),
@@ -49,6 +72,33 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "eval": ("pixelgen.eval", None),
 }
 
+# Registration and listing need no torch: bound methods of the (lazily populated) registries.
+register_model = register_backbone = registries.backbone.register
+list_backbones = registries.backbone.list
+register_sampler = registries.sampler.register
+register_loss = registries.loss.register
+build_loss = registries.loss.build
+list_losses = registries.loss.list
+register_objective_preset = registries.objective_preset.register
+list_objective_presets = registries.objective_preset.list
+register_sampling_preset = registries.sampling_preset.register
+build_sampling_preset = registries.sampling_preset.build
+list_sampling_presets = registries.sampling_preset.list
+register_train_preset = registries.train_preset.register
+list_train_presets = registries.train_preset.list
+register_encoder = registries.encoder.register
+list_encoders = registries.encoder.list
+register_conditioner = registries.conditioner.register
+list_conditioners = registries.conditioner.list
+register_dataset = registries.dataset.register
+
+_EAGER = [
+    "register_model", "register_backbone", "list_backbones", "register_sampler", "register_loss", "build_loss",
+    "list_losses", "register_objective_preset", "list_objective_presets", "register_sampling_preset",
+    "build_sampling_preset", "list_sampling_presets", "register_train_preset", "list_train_presets",
+    "register_encoder", "list_encoders", "register_conditioner", "list_conditioners", "register_dataset",
+]  # fmt: skip
+
 __all__ = [
     "ENTRY_POINT_GROUP",
     "Registry",
@@ -58,6 +108,7 @@ __all__ = [
     "plugin_errors",
     "registries",
     "__version__",
+    *_EAGER,
     *_LAZY,
 ]
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import inspect
 import logging
 import os
 import threading
@@ -172,8 +173,14 @@ class Registry:
             raise KeyError(self._unknown_message(name)) from None
 
     def build(self, name: str, /, **overrides: Any) -> Any:
-        """Build the part registered as ``name``, passing ``overrides`` as keyword arguments."""
-        return self.get(name).builder(**overrides)
+        """Build the part registered as ``name``, passing ``overrides`` as keyword arguments.
+
+        The keywords are checked first (:func:`check_keywords`): an unknown name is a ``TypeError`` with a
+        "did you mean", a value of the wrong type one sentence naming the parameter.
+        """
+        entry = self.get(name)
+        kwargs = check_keywords(entry.builder, overrides, f"{self.kind} '{name}'")
+        return entry.builder(**kwargs)
 
     def list(self, pattern: str = "*") -> list[str]:
         """Sorted registered names matching a glob pattern (``*`` by default)."""
@@ -197,17 +204,78 @@ class Registry:
         return f"Registry({self.kind!r}, {len(self._entries)} entries)"
 
     def _unknown_message(self, name: str) -> str:
-        names = list(self._entries)
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        msg = f"Unknown {self.kind} '{name}'"
-        if close:
-            msg += "; did you mean " + ", ".join(f"'{c}'" for c in close) + "?"
-        else:
-            msg += f"; registered: {', '.join(sorted(names)) or 'none'}."
+        msg = f"Unknown {self.kind} '{name}'" + suggest(name, list(self._entries), listing="registered")
         errs = plugin_errors()
         if errs:
             msg += " (plugins that failed to load: " + ", ".join(sorted(errs)) + ")"
         return msg
+
+
+def suggest(word: str, options: Any, *, listing: str = "known") -> str:
+    """The one wording of close-match hints: ``"; did you mean 'a', 'b'?"`` or ``"; known: a, b."``."""
+    names = sorted(str(o) for o in options)
+    close = difflib.get_close_matches(str(word), names, n=3, cutoff=0.5)
+    if close:
+        return "; did you mean " + ", ".join(f"'{c}'" for c in close) + "?"
+    return f"; {listing}: {', '.join(names) or 'none'}."
+
+
+def _signature_functions(builder: Callable[..., Any]) -> tuple[list[Callable[..., Any]], bool]:
+    """The functions whose parameters a builder accepts, and whether it also takes any other keyword.
+
+    A class: the ``__init__`` of each class in its MRO, following ``**kwargs`` forwarding up the hierarchy
+    (a subclass passing the rest to its base); a function: itself (``**kwargs`` means anything goes).
+    """
+    if isinstance(builder, type):
+        found = []
+        for klass in builder.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None or klass is object:
+                continue
+            try:
+                params = inspect.signature(init).parameters.values()
+            except (TypeError, ValueError):
+                return found, True
+            found.append(init)
+            if not any(p.kind is p.VAR_KEYWORD for p in params):
+                return found, False
+        return found, not found
+    try:
+        params = inspect.signature(builder).parameters.values()
+    except (TypeError, ValueError):
+        return [], True
+    return [builder], any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def accepted_keywords(builder: Callable[..., Any]) -> list[str] | None:
+    """The keyword names ``builder`` accepts, or None when it takes any keyword (``**kwargs`` it forwards)."""
+    functions, open_ended = _signature_functions(builder)
+    if open_ended:
+        return None
+    names: list[str] = []
+    for func in functions:
+        for p in inspect.signature(func).parameters.values():
+            if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in names:
+                names.append(p.name)
+    return names
+
+
+def check_keywords(builder: Callable[..., Any], kwargs: dict[str, Any], what: str) -> dict[str, Any]:
+    """Check keyword arguments for ``builder``: names (with "did you mean") and the types its hints declare
+    (:func:`pixelgen.utils.typecheck.check_call_arguments`). Returns them (whole floats given for an ``int``
+    parameter become ints)."""
+    from .utils.typecheck import check_call_arguments
+
+    accepted = accepted_keywords(builder)
+    if accepted is not None:
+        for key in kwargs:
+            if key not in accepted:
+                raise TypeError(f"{what} has no parameter '{key}'{suggest(key, accepted, listing='it accepts')}")
+    out = dict(kwargs)
+    functions, _ = _signature_functions(builder)
+    for func in functions:
+        out = check_call_arguments(func, out, what)
+    return out
 
 
 class Registries:
@@ -244,6 +312,8 @@ registries.add(Registry("encoder", ("pixelgen.encoders",)))
 registries.add(Registry("conditioner", ("pixelgen.conditioners",)))
 registries.add(Registry("dataset", ("pixelgen.data",)))
 registries.add(Registry("train_preset", ("pixelgen.train.presets",)))
+registries.add(Registry("objective_preset", ("pixelgen.losses.presets",)))
+registries.add(Registry("sampling_preset", ("pixelgen.eval.generation",)))
 
 
 def get_registry(kind: str) -> Registry:

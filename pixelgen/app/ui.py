@@ -43,11 +43,9 @@ CSS = """
 
 
 def _import_gradio():
-    try:
-        import gradio as gr
-    except ImportError:
-        raise RuntimeError("The web demo needs gradio, which is not installed: pip install 'pixelgen[app]'.") from None
-    return gr
+    from ..utils.extras import require_extra
+
+    return require_extra("gradio", "app", feature="The web demo")
 
 
 class _Results:

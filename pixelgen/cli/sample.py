@@ -25,7 +25,7 @@ log = logging.getLogger("pixelgen.sample")
 
 
 def add_parser(subparsers):
-    from pixelgen.eval.generation import SAMPLING_PRESETS
+    from pixelgen.registry import registries
 
     p = subparsers.add_parser("sample", help=HELP, description=HELP)
 
@@ -33,7 +33,7 @@ def add_parser(subparsers):
     p.add_argument("--out", required=True, help="output folder (shards, samples.npz, grids, run.json)")
     p.add_argument(
         "--preset",
-        choices=sorted(SAMPLING_PRESETS),
+        choices=registries.sampling_preset.list(),
         help="the paper's settings: xl_cfg (Heun 50, CFG 2.25 on (0.1, 0.9], shift 2), xl_nocfg (same, no CFG), l_euler (Euler 50)",
     )
     p.add_argument(
@@ -106,9 +106,11 @@ def add_parser(subparsers):
 
 def _settings(args, num_classes: int, base: dict | None = None) -> tuple[str, dict, int, int, int | None]:
     """(sampler, params, num, per_class, expected classes): explicit arguments over the preset over ``base``."""
-    from pixelgen.eval.generation import SAMPLING_PRESETS
+    from pixelgen.registry import registries
 
-    preset = SAMPLING_PRESETS[args.preset] if args.preset else (base or {"sampler": "heun", "params": {}})
+    preset = (
+        registries.sampling_preset.build(args.preset) if args.preset else (base or {"sampler": "heun", "params": {}})
+    )
     sampler = args.sampler or preset["sampler"]
     params = dict(preset["params"])
     params.setdefault("num_steps", 50)

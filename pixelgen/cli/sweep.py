@@ -35,7 +35,7 @@ def _interval(text: str) -> tuple[float, float]:
 
 
 def add_parser(subparsers):
-    from pixelgen.eval.generation import SAMPLING_PRESETS
+    from pixelgen.registry import registries
 
     p = subparsers.add_parser("sweep", help=HELP, description=HELP)
     p.add_argument("source", metavar="RUN_OR_MODEL", help="training run with post-hoc EMA snapshots, or a model folder")
@@ -55,7 +55,7 @@ def add_parser(subparsers):
     )
     p.add_argument("--per-class", type=positive_int, default=None, help="samples per class (default: num // classes)")
     p.add_argument("--metric", choices=["fid", "fd_dinov2"], default="fid", help="what to minimise (default fid)")
-    p.add_argument("--preset", choices=sorted(SAMPLING_PRESETS), help="base sampler settings (e.g. xl_cfg)")
+    p.add_argument("--preset", choices=registries.sampling_preset.list(), help="base sampler settings (e.g. xl_cfg)")
     p.add_argument("--sampler", help="registered sampler name (default: the preset's, else heun)")
     p.add_argument("--steps", type=positive_int, help="number of steps (default 50)")
     p.add_argument("--shift", type=positive_float, help="time-grid shift")
@@ -89,10 +89,10 @@ def add_parser(subparsers):
 def run(args) -> int:
     import torch
 
-    from pixelgen.eval.generation import SAMPLING_PRESETS
     from pixelgen.eval.sweep import run_sweep
+    from pixelgen.registry import registries
 
-    preset = SAMPLING_PRESETS[args.preset] if args.preset else {"sampler": "heun", "params": {}}
+    preset = registries.sampling_preset.build(args.preset) if args.preset else {"sampler": "heun", "params": {}}
     sampler = args.sampler or preset["sampler"]
     params = dict(preset["params"])
     params.setdefault("num_steps", 50)

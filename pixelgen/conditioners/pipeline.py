@@ -81,10 +81,11 @@ def unpack_text_condition(cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 @dataclass
 class GenerationResult:
-    """``images``: uint8 (N, 3, H, W) on CPU; ``prompts``/``indices``: per image; ``trajectories``: uint8
-    (N, steps + 1, 3, H, W) when asked for (noise first, final image last)."""
+    """``images``: uint8 (N, 3, H, W) on CPU, or a list of PIL images with ``output_type="pil"``;
+    ``prompts``/``indices``: per image; ``trajectories``: uint8 (N, steps + 1, 3, H, W) when asked for (noise
+    first, final image last)."""
 
-    images: torch.Tensor
+    images: Any
     prompts: list[str]
     indices: list[int]
     trajectories: torch.Tensor | None = None
@@ -213,8 +214,12 @@ class TextToImagePipeline:
         sampler: str = "adams",
         return_trajectory: bool = False,
         progress: bool = False,
+        output_type: str = "pt",
         **sampler_params: Any,
     ) -> GenerationResult:
+        """``output_type``: ``"pt"`` (uint8 tensor, default) or ``"pil"`` (a list of ``PIL.Image``)."""
+        if output_type not in ("pt", "pil"):
+            raise ValueError(f"output_type must be 'pt' or 'pil', got {output_type!r}.")
         prompts = check_prompts(prompts)
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}.")
@@ -254,12 +259,20 @@ class TextToImagePipeline:
             else:
                 x = out
             images.append(to_uint8(x).cpu())
+        result = torch.cat(images)
         return GenerationResult(
-            images=torch.cat(images),
+            images=to_pil(result) if output_type == "pil" else result,
             prompts=per_image,
             indices=indices,
             trajectories=torch.cat(trajectories) if return_trajectory else None,
         )
+
+
+def to_pil(images: torch.Tensor) -> list:
+    """uint8 (N, 3, H, W) images as a list of RGB ``PIL.Image``."""
+    from PIL import Image
+
+    return [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in images]
 
 
 # -- files ---------------------------------------------------------------------------------------------

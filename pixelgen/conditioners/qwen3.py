@@ -268,7 +268,10 @@ def load_qwen3_conditioner(
     ``dtype`` defaults to bf16 on CUDA (as the original) and float32 elsewhere. ``compile=True`` compiles the
     encoder's forward (the original compiled it).
     """
-    from transformers import AutoModel, AutoTokenizer
+    from ..utils.extras import require_extra
+
+    transformers = require_extra("transformers", "t2i", feature="The Qwen3 text encoder")
+    AutoModel, AutoTokenizer = transformers.AutoModel, transformers.AutoTokenizer
 
     folder = resolve_text_encoder_folder(model)
     device = torch.device(device) if device is not None else torch.device("cpu")

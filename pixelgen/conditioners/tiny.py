@@ -55,6 +55,10 @@ TINY_CORPUS: tuple[str, ...] = (
 
 def build_tiny_tokenizer(corpus: Sequence[str] = TINY_CORPUS, vocab_size: int = 512):
     """A right-padding ``PreTrainedTokenizerFast`` (byte-level BPE) trained offline on ``corpus``."""
+    from ..utils.extras import require_extra
+
+    require_extra("tokenizers", "t2i", feature="The tiny text encoder's tokenizer")
+    require_extra("transformers", "t2i", feature="The tiny text encoder")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -91,6 +95,9 @@ def build_tiny_qwen3(
     device: torch.device | str | None = None,
 ) -> Qwen3TextConditioner:
     """The tiny random Qwen3 conditioner (float32; about 0.1M parameters at the defaults)."""
+    from ..utils.extras import require_extra
+
+    require_extra("transformers", "t2i", feature="The tiny text encoder")
     from transformers import Qwen3Config, Qwen3Model
 
     if hidden_size % num_heads:

@@ -113,7 +113,9 @@ def trace_sqrt_product(
         ev = np.linalg.eigvalsh((inner + inner.T) / 2)
         return float(np.sqrt(np.clip(ev, 0.0, None)).sum())
     if method == "scipy":
-        from scipy import linalg
+        from ..utils.extras import require_extra
+
+        linalg = require_extra("scipy.linalg", "eval", feature="The scipy matrix square root")
 
         covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
         if not np.isfinite(covmean).all():

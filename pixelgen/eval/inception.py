@@ -63,13 +63,10 @@ def check_uint8_images(images: object, name: str = "images") -> torch.Tensor:
 
 
 def _torch_fidelity_inception():
-    try:
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "The Inception metrics need torch-fidelity: pip install 'pixelgen[eval]' (or torch-fidelity)."
-        ) from exc
-    return FeatureExtractorInceptionV3
+    from ..utils.extras import require_extra
+
+    module = require_extra("torch_fidelity.feature_extractor_inceptionv3", "eval", feature="The Inception metrics")
+    return module.FeatureExtractorInceptionV3
 
 
 def _make_network(state: dict[str, torch.Tensor] | None, seed: int) -> nn.Module:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import difflib
 from typing import Any
 
 from .objective import Objective, objective_options
@@ -25,10 +24,36 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 PRESET_ALIASES = {"+lpips": "jit_repa_lpips", "+lpips+pdino": "jit_repa_lpips_pdino"}
+_DOCS = {
+    "jit_repa": "JiT + REPA: x-prediction flow matching and REPA (λ 0.5).",
+    "jit_repa_lpips": "+ LPIPS over all samples (λ 1.0).",
+    "jit_repa_lpips_pdino": "+ LPIPS + P-DINO over all samples (no gating, no adaptive weight).",
+    "pixelgen": "PixelGen: all four terms, perceptual terms gated at t >= 0.3, adaptive weight from step 400k.",
+}
+
+
+def _register_presets() -> None:
+    """Each preset (and alias) in ``registries.objective_preset``: a builder returning its settings, so a
+    plugin's preset is built by :func:`build_objective` like the paper's."""
+    from ..registry import registries
+
+    for name, settings in [*PRESETS.items(), *((a, PRESETS[t]) for a, t in PRESET_ALIASES.items())]:
+
+        def builder(settings: dict[str, Any] = settings) -> dict[str, Any]:
+            return copy.deepcopy(settings)
+
+        builder.__doc__ = _DOCS.get(PRESET_ALIASES.get(name, name), "")
+        registries.objective_preset.register(name)(builder)
+
+
+_register_presets()
 
 
 def list_presets() -> list[str]:
-    return sorted(PRESETS) + sorted(PRESET_ALIASES)
+    """Registered objective presets (the paper's, their aliases and any a plugin adds)."""
+    from ..registry import registries
+
+    return registries.objective_preset.list()
 
 
 def build_objective(preset: str = "pixelgen", **overrides: Any) -> Objective:
@@ -38,20 +63,14 @@ def build_objective(preset: str = "pixelgen", **overrides: Any) -> Objective:
     the preset's list; any other :class:`Objective` argument replaces the preset's value. The REPA projector
     needs ``hidden_size`` (the backbone width), e.g. ``build_objective("pixelgen", hidden_size=model.hidden_size)``.
     """
-    name = PRESET_ALIASES.get(preset, preset)
-    if name not in PRESETS:
-        close = difflib.get_close_matches(str(preset), list_presets(), n=3, cutoff=0.5)
-        hint = (
-            f"; did you mean {', '.join(repr(c) for c in close)}?"
-            if close
-            else f"; presets: {', '.join(list_presets())}."
-        )
-        raise KeyError(f"Unknown objective preset {preset!r}{hint}")
+    from ..registry import registries
+
+    base = registries.objective_preset.build(preset)  # unknown names: one sentence with close matches
     valid = set(objective_options()) | {"extra_losses"}
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise TypeError(f"Unknown build_objective option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}.")
-    config = copy.deepcopy(PRESETS[name])
+    config = dict(base)
     extra = list(overrides.pop("extra_losses", ()))
     weights = {**config.pop("weights", {}), **dict(overrides.pop("weights", None) or {})}
     config.update(overrides)

@@ -40,7 +40,9 @@ class MetricsLogger:
 
                     self._tb = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"))
                 except ImportError:  # TensorBoard is optional; JSON lines are always written
-                    log.info("TensorBoard is not installed; logging to %s only.", self.path)
+                    log.info(
+                        "TensorBoard is not installed (pip install 'pixelgen[train]'); logging to %s only.", self.path
+                    )
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:

@@ -186,7 +186,9 @@ def check_call_arguments(func: Callable[..., Any], kwargs: Mapping[str, Any], wh
         param = signature.parameters.get(name)
         if param is None or name not in hints:
             continue
-        out[name] = check_type(value, hints[name], f"{what} argument {name}")
+        checked = check_type(value, hints[name], f"{what}: {name}")
+        if isinstance(checked, (int, float)) and not isinstance(checked, bool):
+            out[name] = checked  # numbers take their declared type; containers are passed as given
     return out
 
 
