@@ -106,6 +106,7 @@ TINY_DATASETS = {
     "demo": lambda tmp: dict(resolution=16, samples_per_class=1),
     "demo_captions": lambda tmp: dict(resolution=16, samples_per_class=1),
     "imagenet": lambda tmp: dict(root=write_image_tree(tmp / "train"), resolution=16),
+    "image_folder_flat": lambda tmp: dict(root=write_image_tree(tmp / "flat", classes=1) / "class0", resolution=16),
     "caption_folder": lambda tmp: dict(root=write_caption_folder(tmp / "captions"), resolution=16),
     "webdataset_captions": lambda tmp: dict(
         root=str(write_caption_shard(tmp / "shard-000.tar")), resolution=16, repeat=False, prefix_p=0.0

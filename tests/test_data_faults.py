@@ -137,3 +137,12 @@ def test_corrupt_image_and_exact_resume(tree, num_workers):
     seen = seen[: len(reference)]
     assert len(seen) == len(reference)
     assert all(torch.equal(a, b) for a, b in zip(seen, reference))
+
+
+def test_flat_folder_skips_unreadable_images_the_same_way(tree):
+    from pixelgen.data import build_dataset
+
+    (tree / "c0" / "1.png").write_bytes(b"garbage")
+    data = build_dataset("image_folder_flat", root=tree / "c0", resolution=16)
+    assert torch.equal(data[1]["raw"], _expected(tree / "c0" / "2.png")) and data[1]["label"] == 0
+    assert data.stats()["corrupt"] == 1

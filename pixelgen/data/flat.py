@@ -3,34 +3,45 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
-import torch
-from torch.utils.data import Dataset
+from PIL import Image
 
 from pixelgen.registry import registries
 
-from .folders import IMAGE_EXTENSIONS, _check_folder, _walk_files
-from .transforms import adm_center_crop, check_resolution, load_rgb, make_sample
+from .folders import IMAGE_EXTENSIONS, RobustImageFiles, _check_folder, _walk_files
+from .transforms import check_resolution
 
 __all__ = ["FlatImageFolderDataset"]
 
 
 @registries.dataset.register("image_folder_flat", kind="class")
-class FlatImageFolderDataset(Dataset):
+class FlatImageFolderDataset(RobustImageFiles):
     """Every image under ``root`` (recursively, sorted) with label 0, ADM's centre crop as ``imagenet``.
 
     The single class is named after the folder (``class_names``), so grids and exports say what was learnt.
+    Unreadable, huge and tiny images are handled as by ``imagenet`` (``max_bad_images``, ``max_pixels``,
+    ``min_image_size``).
     """
 
-    def __init__(self, root: str | os.PathLike, resolution: int = 256, *, flip: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        resolution: int = 256,
+        *,
+        flip: bool = False,
+        max_bad_images: int | None = 100,
+        max_pixels: int | None = Image.MAX_IMAGE_PIXELS,
+        min_image_size: int | None = None,
+    ) -> None:
         self.root = _check_folder(root, "image folder")
         self.resolution = check_resolution(resolution)
         self.flip = bool(flip)
-        self.samples = _walk_files(self.root, IMAGE_EXTENSIONS)
+        self._robust_options(max_bad_images, max_pixels, min_image_size)
+        self.samples = [(path, 0) for path in _walk_files(self.root, IMAGE_EXTENSIONS)]
         if not self.samples:
             raise ValueError(f"The image folder '{self.root}' holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
         self.classes = [self.root.name or "images"]
+        self._make_flags()
 
     @property
     def class_names(self) -> list[str]:
@@ -39,18 +50,6 @@ class FlatImageFolderDataset(Dataset):
     @property
     def num_classes(self) -> int:
         return 1
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        path = self.samples[index]
-        try:
-            image = load_rgb(path)
-        except Exception as exc:
-            raise OSError(f"Cannot read the image '{path}': {exc}") from exc
-        flip = self.flip and bool(torch.rand(()) < 0.5)
-        return make_sample(adm_center_crop(image, self.resolution), flip=flip, label=0)
 
     def describe(self) -> str:
         return f"image folder '{self.root}': {len(self)} images (one class) at {self.resolution}px"

@@ -112,83 +112,27 @@ def _check_limit(value: object, name: str, *, minimum: int = 0, none: bool = Tru
     return value
 
 
-@registries.dataset.register("imagenet", kind="class")
-class ImageFolderDataset(Dataset):
-    """ImageNet (or any class-per-folder tree) with ADM's centre crop.
+class RobustImageFiles(Dataset):
+    """Image files with labels (``self.samples``: ``[(path, label)]``) read robustly; see :class:`ImageFolderDataset`
+    for what happens to unreadable, huge and tiny images."""
 
-    Classes and files are found by torchvision's ``find_classes`` / ``make_dataset`` (sorted sub-folder names,
-    index = position; images found recursively), so labels and order match the original's ``PixImageNet``; files
-    reached through a symlink loop are left out (counted in ``loop_skipped``). No flip by default, as the original;
-    ``flip=True`` adds a random horizontal flip (drawn from torch's RNG in the process that loads the sample).
+    root: Path
+    resolution: int
+    flip: bool
+    samples: list[tuple[Path, int]]
 
-    An image that cannot be read (corrupt, truncated, more than ``max_pixels`` pixels: a decompression bomb) is
-    skipped: the sample at that index is replaced by the next readable image in index order, so no other index
-    moves and a resumed run sees exactly the batches it would have seen. Such images are counted once each
-    (``stats()["corrupt"]``, summed over DataLoader workers); when more than ``max_bad_images`` have failed
-    (``None``: no limit) loading stops with :class:`BadImageLimitError`. An image whose short side is below
-    ``min_image_size`` pixels (default: an eighth of ``resolution``) is used but warned about once (it is
-    upscaled a lot); ``stats()["small"]`` counts them. 16-bit greyscale images are scaled to 8 bits (a plain
-    RGB conversion would saturate them to white).
-
-    Returns ``{"image", "raw", "label"}`` samples (see :mod:`pixelgen.data.transforms`).
-    """
-
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        resolution: int = 256,
-        *,
-        flip: bool = False,
-        max_bad_images: int | None = 100,
-        max_pixels: int | None = Image.MAX_IMAGE_PIXELS,
-        min_image_size: int | None = None,
-    ) -> None:
-        from torchvision.datasets.folder import find_classes, make_dataset
-
-        self.root = _check_folder(root, "image folder")
-        self.resolution = check_resolution(resolution)
-        self.flip = bool(flip)
+    def _robust_options(self, max_bad_images: object, max_pixels: object, min_image_size: object) -> None:
         self.max_bad_images = _check_limit(max_bad_images, "max_bad_images")
         self.max_pixels = _check_limit(max_pixels, "max_pixels", minimum=1)
         if min_image_size is None:
             min_image_size = max(1, self.resolution // 8)
         self.min_image_size = _check_limit(min_image_size, "min_image_size", none=False)
-        if not any(e.is_dir() for e in os.scandir(self.root)):
-            raise ValueError(
-                f"The image folder '{self.root}' has no class sub-folders; it must hold one sub-folder of images "
-                "per class."
-            )
-        self.classes, self.class_to_idx = find_classes(str(self.root))
-        if set(self.classes) <= _SPLIT_NAMES:
-            raise ValueError(
-                f"The image folder '{self.root}' holds the splits {', '.join(self.classes)} rather than class "
-                "folders; point it at the split to use, e.g. its 'train' folder."
-            )
-        valid = _LoopFreeFiles(self.root, IMAGE_EXTENSIONS)
-        found = make_dataset(str(self.root), self.class_to_idx, is_valid_file=valid, allow_empty=True)
-        self.samples: list[tuple[Path, int]] = [(Path(path), label) for path, label in found]
-        self.loop_skipped = valid.skipped
-        if self.loop_skipped:
-            log.warning(
-                "%d files under '%s' were reached through a symlink loop and are left out.", valid.skipped, self.root
-            )
-        if not self.samples:
-            raise ValueError(
-                f"The image folder '{self.root}' has {len(self.classes)} class folders but no images "
-                f"({', '.join(IMAGE_EXTENSIONS)})."
-            )
-        empty = sorted(set(self.classes) - {self.classes[label] for _, label in self.samples})
-        if empty:
-            shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
-            raise ValueError(f"The image folder '{self.root}' has class folders without images: {shown}.")
+
+    def _make_flags(self) -> None:
         # One flag per image in shared memory: every DataLoader worker sees what the others found bad, each bad
         # file is counted once, and it is not read again.
         self._bad = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
         self._small = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -242,6 +186,78 @@ class ImageFolderDataset(Dataset):
     def stats(self) -> dict[str, int]:
         """Images found unreadable and images below ``min_image_size`` so far (all DataLoader workers)."""
         return {"corrupt": int(self._bad.sum()), "small": int(self._small.sum())}
+
+
+@registries.dataset.register("imagenet", kind="class")
+class ImageFolderDataset(RobustImageFiles):
+    """ImageNet (or any class-per-folder tree) with ADM's centre crop.
+
+    Classes and files are found by torchvision's ``find_classes`` / ``make_dataset`` (sorted sub-folder names,
+    index = position; images found recursively), so labels and order match the original's ``PixImageNet``; files
+    reached through a symlink loop are left out (counted in ``loop_skipped``). No flip by default, as the original;
+    ``flip=True`` adds a random horizontal flip (drawn from torch's RNG in the process that loads the sample).
+
+    An image that cannot be read (corrupt, truncated, more than ``max_pixels`` pixels: a decompression bomb) is
+    skipped: the sample at that index is replaced by the next readable image in index order, so no other index
+    moves and a resumed run sees exactly the batches it would have seen. Such images are counted once each
+    (``stats()["corrupt"]``, summed over DataLoader workers); when more than ``max_bad_images`` have failed
+    (``None``: no limit) loading stops with :class:`BadImageLimitError`. An image whose short side is below
+    ``min_image_size`` pixels (default: an eighth of ``resolution``) is used but warned about once (it is
+    upscaled a lot); ``stats()["small"]`` counts them. 16-bit greyscale images are scaled to 8 bits (a plain
+    RGB conversion would saturate them to white).
+
+    Returns ``{"image", "raw", "label"}`` samples (see :mod:`pixelgen.data.transforms`).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        resolution: int = 256,
+        *,
+        flip: bool = False,
+        max_bad_images: int | None = 100,
+        max_pixels: int | None = Image.MAX_IMAGE_PIXELS,
+        min_image_size: int | None = None,
+    ) -> None:
+        from torchvision.datasets.folder import find_classes, make_dataset
+
+        self.root = _check_folder(root, "image folder")
+        self.resolution = check_resolution(resolution)
+        self.flip = bool(flip)
+        self._robust_options(max_bad_images, max_pixels, min_image_size)
+        if not any(e.is_dir() for e in os.scandir(self.root)):
+            raise ValueError(
+                f"The image folder '{self.root}' has no class sub-folders; it must hold one sub-folder of images "
+                "per class."
+            )
+        self.classes, self.class_to_idx = find_classes(str(self.root))
+        if set(self.classes) <= _SPLIT_NAMES:
+            raise ValueError(
+                f"The image folder '{self.root}' holds the splits {', '.join(self.classes)} rather than class "
+                "folders; point it at the split to use, e.g. its 'train' folder."
+            )
+        valid = _LoopFreeFiles(self.root, IMAGE_EXTENSIONS)
+        found = make_dataset(str(self.root), self.class_to_idx, is_valid_file=valid, allow_empty=True)
+        self.samples: list[tuple[Path, int]] = [(Path(path), label) for path, label in found]
+        self.loop_skipped = valid.skipped
+        if self.loop_skipped:
+            log.warning(
+                "%d files under '%s' were reached through a symlink loop and are left out.", valid.skipped, self.root
+            )
+        if not self.samples:
+            raise ValueError(
+                f"The image folder '{self.root}' has {len(self.classes)} class folders but no images "
+                f"({', '.join(IMAGE_EXTENSIONS)})."
+            )
+        empty = sorted(set(self.classes) - {self.classes[label] for _, label in self.samples})
+        if empty:
+            shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+            raise ValueError(f"The image folder '{self.root}' has class folders without images: {shown}.")
+        self._make_flags()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
 
     def describe(self) -> str:
         return f"ImageFolder '{self.root}': {len(self)} images in {self.num_classes} classes at {self.resolution}px"
