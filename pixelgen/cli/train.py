@@ -161,11 +161,8 @@ def _adapt_to_data(config, layout: dict[str, Any], root: str, *, adapts: bool, o
     config.data.dataset = "imagenet" if layout["kind"] == "classes" else "image_folder_flat"
     config.data.root = str(root)
     config.data.class_names = list(names)
-    if adapts:
-        if not _set_override(overrides, "model.overrides.num_classes"):
-            config.model.overrides["num_classes"] = len(names)
-        if not _set_override(overrides, "sample.labels"):
-            config.sample.labels = [i % len(names) for i in range(config.sample.num_images)]
+    if adapts and not _set_override(overrides, "model.overrides.num_classes"):
+        config.model.overrides["num_classes"] = len(names)
 
 
 def _set_resolution(config, resolution: int) -> None:
@@ -265,6 +262,10 @@ def resolve_configs(args: argparse.Namespace) -> list:
         if args.threads is not None:
             config.num_threads = args.threads
         config = apply_overrides(config, list(args.overrides))
+        names = config.data.class_names
+        if args.data is not None and adapts and names and not _set_override(args.overrides, "sample.labels"):
+            # the grid shows the classes in turn (after --set, so a changed sample.num_images counts)
+            config.sample.labels = [i % len(names) for i in range(config.sample.num_images)]
         if config.text is None and config.model.name.endswith("t2i"):
             raise ValueError(f"The model {config.model.name} is text-to-image but the config has no text section.")
         out.append(config)

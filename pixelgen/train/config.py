@@ -431,16 +431,16 @@ def check_against_model(config: TrainConfig, model: Any, objective: Any = None, 
         )
     classes = getattr(model, "num_classes", None)
     if getattr(model, "cond_kind", "class") == "class" and isinstance(classes, int):
-        labels = config.sample.labels or []
-        if labels and max(labels) >= classes:
-            raise ValueError(
-                f"sample.labels holds class {max(labels)} but the model has {classes} classes (0..{classes - 1})."
-            )
         names = config.data.class_names
         if names and len(names) > classes:
             raise ValueError(
                 f"The data has {len(names)} classes but the model has only {classes} "
                 f"(model.overrides.num_classes); set model.overrides.num_classes={len(names)}."
+            )
+        labels = config.sample.labels or []
+        if labels and max(labels) >= classes:
+            raise ValueError(
+                f"sample.labels holds class {max(labels)} but the model has {classes} classes (0..{classes - 1})."
             )
     if config.text is not None and getattr(model, "cond_kind", None) == "class":
         raise ValueError(
