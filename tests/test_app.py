@@ -94,6 +94,7 @@ def test_engine_numbers_classes_without_names(tmp_path):
         ({"steps": 2.5}, "Steps must be a whole number"),
         ({"steps": None}, "Steps is empty"),
         ({"resolution": 18}, "multiples of its patch size 4"),
+        ({"resolution": 128}, "more than 4 times this model's own"),
         ({"interval_min": 0.9, "interval_max": 0.2}, "guidance interval is empty"),
         ({"sampler": "nope"}, "Unknown sampler 'nope'"),
         ({"class_label": 99}, "Class must be from 0 to 6"),

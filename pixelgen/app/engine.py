@@ -26,6 +26,7 @@ import torch
 __all__ = ["DemoModel", "DemoSettings", "DemoResult", "DemoInputError", "default_settings"]
 
 MAX_IMAGES = 16
+MAX_SCALE = 4  # largest resolution on the page, in multiples of the model's own (memory grows as its 4th power)
 TRAJECTORY_FRAMES = 6  # x̂ snapshots in the strip
 THUMBNAIL = 128  # longest side of one image inside a trajectory frame
 GIF_MS = 200
@@ -343,7 +344,13 @@ class DemoModel:
         s.num_images = _integer(s.num_images, "Number of images", 1, MAX_IMAGES)
         if s.resolution is None or (isinstance(s.resolution, str) and not s.resolution.strip()):
             s.resolution = self.input_size
-        s.resolution = _integer(s.resolution, "Resolution", 1, 4096)
+        largest = MAX_SCALE * self.input_size
+        s.resolution = _integer(s.resolution, "Resolution", 1, None)
+        if s.resolution > largest:
+            raise DemoInputError(
+                f"Resolution {s.resolution} is more than {MAX_SCALE} times this model's own ({self.input_size}); "
+                f"the page samples up to {largest}."
+            )
         if s.resolution % self.patch_size:
             low = max(self.patch_size, s.resolution // self.patch_size * self.patch_size)
             raise DemoInputError(
