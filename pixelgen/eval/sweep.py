@@ -114,19 +114,12 @@ def _ema_models(
 ) -> dict[str, tuple[Path, dict[str, Any] | None]]:
     """label -> (model folder, reconstruction record)."""
     if kind == "model":
-        if emas:
-            raise ValueError(
-                f"{source} is one exported model; --ema widths need a training run with post-hoc EMA snapshots."
-            )
         meta = json.loads((source / "config.json").read_text())
         return {"model": (source, meta.get("posthoc_ema"))}
-    if not emas:
-        raise ValueError(f"{source} is a training run: give the EMA widths to compare (--ema 0.05,0.1).")
-    from pixelgen.train.posthoc_ema import export_reconstruction, sigma_rel_to_gamma
+    from pixelgen.train.posthoc_ema import export_reconstruction
 
     models = {}
-    for sigma in emas:
-        sigma_rel_to_gamma(sigma)  # range check, one sentence
+    for sigma in emas or []:
         label = f"{sigma:g}"
         folder = out / "models" / f"ema_{label}"
         record = None
@@ -345,6 +338,17 @@ def run_sweep(
         if k not in ("guidance", "guidance_interval_min", "guidance_interval_max")
     }
     kind = _source_kind(source)
+    if kind == "model" and emas:
+        raise ValueError(
+            f"{source} is one exported model; --ema widths need a training run with post-hoc EMA snapshots."
+        )
+    if kind == "run":
+        if not emas:
+            raise ValueError(f"{source} is a training run: give the EMA widths to compare (--ema 0.05,0.1).")
+        from pixelgen.train.posthoc_ema import sigma_rel_to_gamma
+
+        for sigma in emas:
+            sigma_rel_to_gamma(sigma)  # range check, one sentence
     step = _resolved_step(source, kind, step)
     inception, dinov2, feature_tag = _feature_networks(
         metric, inception, inception_weights, dinov2, dinov2_weights, device or "cpu"
