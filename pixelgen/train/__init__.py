@@ -16,6 +16,7 @@ from .config import (
     ModelConfig,
     ObjectiveConfig,
     OptimConfig,
+    PostHocEMAConfig,
     SampleConfig,
     TrainConfig,
     apply_overrides,
@@ -24,6 +25,7 @@ from .config import (
 from .distributed import DistInfo, setup_distributed
 from .ema import EMA
 from .metrics import MetricsLogger, plot_loss_curve, read_metrics, save_image_grid
+from .posthoc_ema import PostHocEMA
 from .trainer import Trainer, TrainingDiverged, TrainModules, TrainResult, autocast_dtype_for, sample_seeds, train
 
 __all__ = [
@@ -35,6 +37,8 @@ __all__ = [
     "ModelConfig",
     "ObjectiveConfig",
     "OptimConfig",
+    "PostHocEMA",
+    "PostHocEMAConfig",
     "SampleConfig",
     "TrainConfig",
     "TrainModules",
