@@ -130,7 +130,7 @@ def test_a_raising_sweep_resumes_without_recomputing_and_shared_settings_are_pin
         sampler="euler",
         sampler_params={"num_steps": 2},
         inception=TinyFeatures(),
-        cache_dir=None,
+        cache_dir=tmp_path / "cache",
         progress=False,
         batch_size=8,
     )
