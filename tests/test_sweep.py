@@ -167,10 +167,10 @@ def test_sweep_command_errors_are_one_sentence(trained, tmp_path, capsys):
     run, ref = trained
     assert (
         main(["sweep", str(tmp_path), "--guidance", "1", "--num", "4", "--ref", str(ref), "--out", str(tmp_path / "o")])
-        == 1
+        == 2
     )
     assert "neither a training run" in capsys.readouterr().err
-    assert main([*_sweep_args(run, ref, tmp_path / "o"), "--ema", "0.9"]) == 1
+    assert main([*_sweep_args(run, ref, tmp_path / "o"), "--ema", "0.9"]) == 2
     assert "sigma_rel" in capsys.readouterr().err
 
 
