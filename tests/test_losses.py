@@ -249,10 +249,15 @@ def test_masked_reduction_equals_subset_mean():
 
 # -- balancer -------------------------------------------------------------------------------------------
 class _Head(nn.Module):
+    """The backbone protocol's balance parameter and nothing else."""
+
     def __init__(self):
         super().__init__()
         self.final_layer = nn.Module()
         self.final_layer.linear = nn.Linear(2, 2)
+
+    def balance_parameter(self):
+        return self.final_layer.linear.weight
 
 
 def _losses(model, a: float, b: float):
@@ -264,14 +269,29 @@ def test_balancer_schedule_and_formula():
     bal = Balancer(start_step=100, every=50)
     assert [bal.due(s) for s in (None, 0, 50, 100, 120, 150, 200)] == [False, False, False, True, False, True, True]
     model = _Head()
-    assert bal.update(model, *_losses(model, 3.0, 1.0)) == pytest.approx(0.8 + 0.2 * 3.0 / (1.0 + 1e-4 / 2), rel=1e-6)
+    value = bal.update(model, *_losses(model, 3.0, 1.0))
+    expected = torch.tensor(0.8) + 0.2 * (torch.tensor(6.0) / (torch.tensor(2.0) + 1e-4))  # float32, as the original
+    assert value.dtype == torch.float32 and torch.equal(value, expected)
     w1 = bal.weight
     bal.update(model, *_losses(model, 1e4, 1.0))  # clamped at 100
     assert bal.weight == pytest.approx(0.8 * w1 + 0.2 * 100.0)
     assert bal.get_extra_state() == {"weight": bal.weight, "updates": 2}
-    w = model.final_layer.linear.weight
-    assert bal.update(model, (w * 2).sum(), torch.ones(())) == bal.weight and bal.updates == 2  # no perceptual gradient
     assert not Balancer(start_step=None).due(10**9)
+
+
+def test_balancer_without_a_perceptual_gradient_follows_the_original_or_keeps_the_weight():
+    model = _Head()
+    w = model.final_layer.linear.weight
+    original = Balancer(start_step=0)  # the ratio against a zero gradient: clamped to 100
+    original.update(model, (w * 2).sum(), torch.ones(()))
+    assert original.weight == pytest.approx(0.8 + 0.2 * 100.0) and original.updates == 1
+    original.update(model, (w * 2).sum(), (w * 0).sum())  # a graph with a zero gradient: the same rule
+    assert original.weight == pytest.approx(0.8 * 20.8 + 20.0) and original.updates == 2
+    keep = Balancer(start_step=0, no_gradient="keep")
+    keep.update(model, (w * 2).sum(), torch.ones(()))
+    assert keep.weight == 1.0 and keep.updates == 0
+    with pytest.raises(ValueError, match="no_gradient must be one of original, keep"):
+        Balancer(no_gradient="skip")
 
 
 def test_balancer_finds_the_parameter_through_wrappers():
@@ -284,8 +304,14 @@ def test_balancer_finds_the_parameter_through_wrappers():
     bal = Balancer(start_step=0)
     bal.update(model, *_losses(model.module, 2.0, 1.0))
     assert bal.updates == 1
-    with pytest.raises(AttributeError, match="final_layer.linear.weight"):
+    named = Balancer(start_step=0, param_name="final_layer.linear.bias")
+    b = model.module.final_layer.linear.bias
+    named.update(model, (b * 3).sum(), (b * 1).sum())
+    assert named.weight == pytest.approx(0.8 + 0.2 * 3.0, rel=1e-4)
+    with pytest.raises(AttributeError, match=r"Linear.balance_parameter\(\) to return a trainable parameter"):
         bal.update(nn.Linear(2, 2), torch.ones(()), torch.ones(()))
+    with pytest.raises(AttributeError, match="'final_layer.nope'"):
+        Balancer(start_step=0, param_name="final_layer.nope").update(model, torch.ones(()), torch.ones(()))
 
 
 def _distributed_worker(rank: int, world: int, store: str, results):

@@ -163,6 +163,7 @@ def test_presets_reproduce_the_ablation_ladder(dino, lpips_net):
     assert plus.weights["lpips"] == 1.0
     both = build_objective("+lpips+pdino", hidden_size=32, encoders={"dinov2": dino, "lpips": lpips_net})
     assert both.percept_t_threshold is None and both.balancer.start_step is None
+    assert both.weights == {"flow_matching": 1.0, "repa": 0.5, "lpips": 1.0, "pdino": 1.0}  # that trainer's defaults
     full = objective(dino, lpips_net)
     assert full.percept_t_threshold == 0.3 and full.terms["pdino"].gating == "original"
     assert (full.balancer.start_step, full.balancer.every) == (400_000, 50)
@@ -176,7 +177,7 @@ def test_build_objective_errors_are_clear(dino, lpips_net):
         build_objective("pixelgen", hiden_size=3)
     with pytest.raises(ValueError, match="not in losses"):
         build_objective("jit_repa", weights={"lpips": 1.0}, hidden_size=8, encoders={"dinov2": dino})
-    with pytest.raises(ValueError, match="hidden_size=model.hidden_size"):
+    with pytest.raises(ValueError, match="pass model=model"):
         build_objective("jit_repa", encoders={"dinov2": dino})
     with pytest.raises(ValueError, match="no loss term uses"):
         build_objective("jit_repa", hidden_size=8, encoders={"dinov2": dino, "dino": lpips_net})

@@ -140,17 +140,19 @@ def test_sample_seeds_depend_only_on_the_global_index(seed, start, count, split)
 
 
 # -- EMA ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("average_frozen", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_ema_follows_the_formula_and_skips_frozen_parameters(dtype):
+def test_ema_follows_the_formula_frozen_parameters_included_by_default(dtype, average_frozen):
     model = tiny_jit().to(dtype)
-    ema = EMA(model, decay=0.75)
+    ema = EMA(model, decay=0.75, average_frozen=average_frozen)
     start = {k: v.clone() for k, v in ema.model.state_dict().items()}
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
     ema.update()
     for name, p in model.named_parameters():
-        expected = start[name] if not p.requires_grad else 0.75 * start[name] + 0.25 * p.detach().float()
+        averaged = p.requires_grad or average_frozen
+        expected = 0.75 * start[name] + 0.25 * p.detach().float() if averaged else start[name]
         torch.testing.assert_close(ema.model.state_dict()[name], expected, rtol=0, atol=1e-6)
     assert all(p.dtype == torch.float32 and not p.requires_grad for p in ema.model.parameters())
     assert not ema.model.training

@@ -26,7 +26,23 @@ from pixelgen.utils.checks import (
     nonfinite_flags,
 )
 
-__all__ = ["JiTBase", "modulate", "register_family", "unknown_arguments_message", "values_checked_by_caller"]
+from .base import Backbone
+
+__all__ = [
+    "GRID_POSITIONS",
+    "RESIDUAL_STREAMS",
+    "JiTBase",
+    "modulate",
+    "register_family",
+    "unknown_arguments_message",
+    "value_checks_skipped",
+    "values_checked_by_caller",
+]
+
+# How a grid other than the training one gets its position table (see JiTBase.position_table).
+GRID_POSITIONS = ("original", "per_grid")
+# The dtype of the token stream under autocast (see JiTBase.add_positions).
+RESIDUAL_STREAMS = ("original", "float32")
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +97,10 @@ _VALUES_CHECKED = contextvars.ContextVar("pixelgen_backbone_values_checked", def
 @contextlib.contextmanager
 def values_checked_by_caller():
     """Within this block backbones skip their per-call value checks (t in [0, 1], labels in range: one host sync
-    per forward on a GPU). For callers that made or checked those values themselves: the sampler loop (t from its
-    grid, labels checked once) and the objective (t drawn by it, labels checked per batch). Shape checks still run.
+    per forward on a GPU), and the objective its batch checks (pixel ranges, label range). For callers that made
+    or checked those values themselves: the sampler loop (t from its grid, labels checked once), the objective
+    around its model call (t drawn by it, labels checked per batch), a training step captured as a CUDA graph.
+    Shape checks still run.
     """
     token = _VALUES_CHECKED.set(True)
     try:
@@ -95,11 +113,29 @@ def _recording_cuda_graph(t: torch.Tensor) -> bool:
     return t.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-class JiTBase(nn.Module):
+def value_checks_skipped(like: torch.Tensor) -> bool:
+    """True where value checks (a host sync each) must or may not run: inside ``values_checked_by_caller()``,
+    while ``torch.compile`` traces and while a CUDA graph records on ``like``'s device."""
+    return _VALUES_CHECKED.get() or torch.compiler.is_compiling() or _recording_cuda_graph(like)
+
+
+class JiTBase(Backbone):
     """Base of the JiT backbones.
 
     Subclasses set ``arch``, ``cond_kind``, ``config`` (original constructor argument names), ``input_size``,
-    ``patch_size``, ``hidden_size``, ``in_channels`` and a frozen ``pos_embed`` parameter for the default grid.
+    ``patch_size``, ``hidden_size``, ``in_channels`` and a frozen ``pos_embed`` parameter for the default grid;
+    the balance parameter is ``final_layer.linear.weight`` in both families.
+
+    Two numerical settings, each a constructor keyword and a settable attribute:
+
+    * ``residual_stream``: ``"original"`` (default) adds the position tables in the tokens' dtype, as the
+      original's in-place add does, so under bf16 autocast the stream stays bf16 (class-to-image until the
+      in-context tokens, whose float32 embedding promotes the concatenation; text-to-image throughout);
+      ``"float32"`` lets the float32 tables promote the stream (closer to a float32 run, more memory traffic).
+    * ``grid_positions``: ``"original"`` adds the stored table whenever the token count equals the training
+      grid's (the original text-to-image model lays its square table over a 2x8 grid of a 16x64 input),
+      ``"per_grid"`` uses the stored table only on the training grid itself. Any other token count gets the
+      sin-cos table regenerated for its grid in both modes (the original cannot run there).
 
     ``check_inputs`` (default True) validates every forward's inputs with one-sentence errors. The value checks
     (t in [0, 1], labels in range) cost one host sync per call on a GPU; they can be turned off with
@@ -112,10 +148,40 @@ class JiTBase(nn.Module):
     cond_kind: str
     pos_embed: nn.Parameter
 
-    def __init__(self, attention_backend: str) -> None:
+    def __init__(self, attention_backend: str, *, residual_stream: str = "original", grid_positions: str) -> None:
         super().__init__()
         self.check_inputs = True
         self._attention_backend = check_backend(attention_backend)
+        self.residual_stream = residual_stream
+        self.grid_positions = grid_positions
+
+    def balance_parameter(self) -> torch.Tensor:
+        return self.final_layer.linear.weight
+
+    @property
+    def residual_stream(self) -> str:
+        return self._residual_stream
+
+    @residual_stream.setter
+    def residual_stream(self, value: str) -> None:
+        if value not in RESIDUAL_STREAMS:
+            raise ValueError(f"residual_stream must be one of {', '.join(RESIDUAL_STREAMS)}, got {value!r}.")
+        self._residual_stream = value
+
+    @property
+    def grid_positions(self) -> str:
+        return self._grid_positions
+
+    @grid_positions.setter
+    def grid_positions(self, value: str) -> None:
+        if value not in GRID_POSITIONS:
+            raise ValueError(f"grid_positions must be one of {', '.join(GRID_POSITIONS)}, got {value!r}.")
+        self._grid_positions = value
+
+    def add_positions(self, tokens: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """``tokens + table``, in the tokens' dtype unless ``residual_stream == "float32"``."""
+        out = tokens + table
+        return out if self._residual_stream == "float32" else out.to(tokens.dtype)
 
     # -- attention backend --------------------------------------------------------------------------
     @property
@@ -138,9 +204,12 @@ class JiTBase(nn.Module):
         return g, g
 
     def position_table(self, grid_h: int, grid_w: int) -> torch.Tensor:
-        """(1, grid_h·grid_w, H): the stored ``pos_embed`` at the training grid (bit-identical), else the same
-        fixed sin-cos construction regenerated for the requested grid (exact, since the table is not learnt)."""
-        if (grid_h, grid_w) == self.default_grid:
+        """(1, grid_h·grid_w, H): the stored ``pos_embed`` at the training grid (bit-identical; with
+        ``grid_positions="original"`` at any grid of the same token count), else the same fixed sin-cos
+        construction regenerated for the requested grid."""
+        if (grid_h, grid_w) == self.default_grid or (
+            self._grid_positions == "original" and grid_h * grid_w == self.pos_embed.shape[1]
+        ):
             return self.pos_embed
         table = sincos_2d_table(self.hidden_size, grid_h, grid_w, device=self.pos_embed.device)
         return table.to(self.pos_embed.dtype).unsqueeze(0)
@@ -184,7 +253,7 @@ class JiTBase(nn.Module):
     ) -> None:
         """t in [0, 1], labels in [0, num_classes] and the ``finite`` inputs free of NaN/inf, with a single host
         sync; details only on failure."""
-        if torch.compiler.is_compiling() or _VALUES_CHECKED.get() or _recording_cuda_graph(t):
+        if value_checks_skipped(t):
             return
         bad = [~((t >= 0) & (t <= 1))]  # NaN fails both comparisons
         if labels is not None:

@@ -137,7 +137,8 @@ class JiT(JiTBase):
       Returns x̂ (B, C, H, W). With ``return_layer=k`` returns ``(x̂, feature)``: the image tokens at the input
       of block k (the output of block k−1; in-context tokens stripped), shape (B, N, hidden); ``k = depth``
       gives the tokens after the last block.
-    Dropout (``attn_drop``, ``proj_drop``) is active only in blocks ``depth//4 <= i < 3·depth//4`` (§2.9).
+    Dropout (``attn_drop``, ``proj_drop``) is active only in blocks ``depth//4 <= i < (depth//4)·3``, the
+    original's range (none at depth 3; blocks 1-2 at depth 6).
     """
 
     arch = "jit"
@@ -161,8 +162,9 @@ class JiT(JiTBase):
         in_context_start: int = 8,
         *,
         attention_backend: str = "auto",
+        residual_stream: str = "original",
     ):
-        super().__init__(attention_backend)
+        super().__init__(attention_backend, residual_stream=residual_stream, grid_positions="per_grid")
         _validate_c2i(locals())
         self.config: dict[str, Any] = dict(
             input_size=input_size,
@@ -195,7 +197,7 @@ class JiT(JiTBase):
             self.in_context_posemb = nn.Parameter(torch.zeros(1, in_context_len, hidden_size))
         else:
             self.in_context_posemb = None
-        dropout_blocks = range(depth // 4, 3 * depth // 4)
+        dropout_blocks = range(depth // 4, (depth // 4) * 3)  # the original's bound (not 3·depth//4)
         self.blocks = nn.ModuleList(
             JiTBlock(
                 hidden_size,
@@ -256,7 +258,7 @@ class JiT(JiTBase):
         else:
             grid_h, grid_w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
 
-        tokens = self.x_embedder(x) + self.position_table(grid_h, grid_w)
+        tokens = self.add_positions(self.x_embedder(x), self.position_table(grid_h, grid_w))
         y_emb = self.y_embedder(y)
         c = self.t_embedder(t) + y_emb
         context_len = self.in_context_len if self.uses_in_context else 0

@@ -158,8 +158,9 @@ class JiTT2I(JiTBase):
     """Text-to-image JiT. Constructor arguments carry the original names (``num_groups`` = attention heads).
 
     ``forward(x, t, y, *, return_layer=None, text_mask=None)``:
-      ``x`` (B, C, H, W) with H, W multiples of ``patch_size`` (other grids than the training one work: the
-      sin-cos table is regenerated and RoPE is computed per grid); ``t`` (B,) in [0, 1]; ``y`` (B,
+      ``x`` (B, C, H, W) with H, W multiples of ``patch_size`` (other grids than the training one work: RoPE is
+      computed per grid, and the stored sin-cos table is used when the token count is the training grid's, as
+      the original does, else regenerated; see ``grid_positions``); ``t`` (B,) in [0, 1]; ``y`` (B,
       txt_max_length, txt_embed_dim) text embeddings. ``return_layer=k`` also returns the image tokens at the
       input of image block k, (B, N, hidden).
       ``text_mask`` (B, txt_max_length) bool, True for real tokens: None (default) reproduces the original,
@@ -185,8 +186,10 @@ class JiTT2I(JiTBase):
         bottleneck_dim: int = 256,
         *,
         attention_backend: str = "auto",
+        residual_stream: str = "original",
+        grid_positions: str = "original",
     ):
-        super().__init__(attention_backend)
+        super().__init__(attention_backend, residual_stream=residual_stream, grid_positions=grid_positions)
         _validate_t2i(locals())
         self.config: dict[str, Any] = dict(
             input_size=input_size,
@@ -255,9 +258,9 @@ class JiTT2I(JiTBase):
             grid_h, grid_w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
 
         patches = F.unfold(x, kernel_size=self.patch_size, stride=self.patch_size).transpose(1, 2)
-        tokens = self.x_embedder(patches) + self.position_table(grid_h, grid_w)
+        tokens = self.add_positions(self.x_embedder(patches), self.position_table(grid_h, grid_w))
         cond = F.silu(self.t_embedder(t)).unsqueeze(1)
-        text = self.y_embedder(y) + self.y_pos_embedding
+        text = self.add_positions(self.y_embedder(y), self.y_pos_embedding)
 
         refine_mask = joint_mask = None
         if text_mask is not None:

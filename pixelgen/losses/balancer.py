@@ -1,4 +1,4 @@
-"""The adaptive perceptual weight of late training (spec §4.8), as a module with checkpointed state."""
+"""The adaptive perceptual weight of late training, as a module with checkpointed state."""
 
 from __future__ import annotations
 
@@ -7,36 +7,53 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Balancer", "balance_parameter"]
+from ..backbones.base import backbone_of
+
+__all__ = ["Balancer", "balance_parameter", "NO_GRADIENT"]
+
+# What a balancer update does when the perceptual sum has no gradient at the balance parameter.
+NO_GRADIENT = ("original", "keep")
 
 
-def balance_parameter(model: nn.Module, name: str) -> torch.Tensor:
-    """The parameter ``name`` of ``model``, looking through DDP (``.module``) and ``torch.compile`` (``._orig_mod``)."""
-    inner = model
-    while True:
-        wrapped = [getattr(inner, a) for a in ("module", "_orig_mod") if isinstance(getattr(inner, a, None), nn.Module)]
-        if not wrapped:
-            break
-        inner = wrapped[0]
-    try:
-        return inner.get_parameter(name)
-    except AttributeError:
+def balance_parameter(model: nn.Module, name: str | None = None) -> torch.Tensor:
+    """The parameter the balancer measures: ``model.balance_parameter()`` (the backbone protocol), or the
+    parameter called ``name``; DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers are looked through."""
+    inner = backbone_of(model)
+    if name is not None:
+        try:
+            return inner.get_parameter(name)
+        except AttributeError:
+            raise AttributeError(
+                f"The adaptive perceptual weight needs the backbone parameter '{name}', which {type(inner).__name__} does not have."
+            ) from None
+    method = getattr(inner, "balance_parameter", None)
+    param = method() if callable(method) else None
+    if not isinstance(param, torch.Tensor) or not param.requires_grad:
         raise AttributeError(
-            f"The adaptive perceptual weight needs the backbone parameter '{name}', which {type(inner).__name__} does not have."
-        ) from None
+            f"The adaptive perceptual weight needs {type(inner).__name__}.balance_parameter() to return a trainable "
+            f"parameter (the backbone protocol in pixelgen.backbones.base), got {type(param).__name__}."
+        )
+    return param
 
 
 class Balancer(nn.Module):
     """VQGAN-style weight that rescales the perceptual terms so their gradient matches flow matching's.
 
     From ``start_step`` on, every ``every`` steps: ``d = clamp(‖∇_W FM‖ / (‖∇_W P‖ + eps), 0, max_weight)`` with W
-    = ``param_name`` of the backbone and P the λ-weighted perceptual sum; then ``w <- momentum·w +
-    (1-momentum)·d``. Before that w = 1. ``start_step=None`` disables it (w stays 1).
+    the backbone's balance parameter (``model.balance_parameter()``, the final linear layer's weight for JiT;
+    ``param_name`` names another) and P the λ-weighted perceptual sum; then ``w <- momentum·w +
+    (1-momentum)·d``, in float32 on the model's device (no host sync). Before that w = 1. ``start_step=None``
+    disables it (w stays 1).
 
-    Differences from the original, both on purpose (spec §10.1.3): ``d`` is averaged over processes when
-    torch.distributed is initialised (``sync=True``), so every rank uses the same weight; and ``w`` is part of the
-    state dict (``get_extra_state``), so a resumed run continues with it instead of restarting at 1. As in the
-    original, every micro-batch of a qualifying step updates it (gradient accumulation updates it repeatedly).
+    ``no_gradient``: when P has no gradient at W (no sample passed the noise gate), ``"original"`` (default)
+    takes the ratio against a zero gradient, as the original does with its mask-multiplied terms: d is clamped
+    to ``max_weight`` and w jumps towards it; ``"keep"`` leaves w unchanged (such a batch says nothing about
+    the perceptual gradient).
+
+    Differences from the original, both on purpose: ``d`` is averaged over processes when torch.distributed
+    is initialised (``sync=True``), so every rank uses the same weight; and ``w`` is part of the state dict
+    (``get_extra_state``), so a resumed run continues with it instead of restarting at 1. As in the original,
+    every micro-batch of a qualifying step updates it (gradient accumulation updates it repeatedly).
     """
 
     def __init__(
@@ -47,7 +64,8 @@ class Balancer(nn.Module):
         max_weight: float = 100.0,
         momentum: float = 0.8,
         eps: float = 1e-4,
-        param_name: str = "final_layer.linear.weight",
+        param_name: str | None = None,
+        no_gradient: str = "original",
         sync: bool = True,
     ):
         super().__init__()
@@ -57,50 +75,67 @@ class Balancer(nn.Module):
             raise ValueError(f"every must be a positive integer, got {every!r}.")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}.")
+        if no_gradient not in NO_GRADIENT:
+            raise ValueError(f"no_gradient must be one of {', '.join(NO_GRADIENT)}, got {no_gradient!r}.")
         self.start_step, self.every = start_step, every
         self.max_weight, self.momentum, self.eps = max_weight, momentum, eps
-        self.param_name, self.sync = param_name, sync
-        self.weight = 1.0
-        self.updates = 0
+        self.param_name, self.no_gradient, self.sync = param_name, no_gradient, sync
+        # Device tensors (moved by .to(), saved through get_extra_state): reading them is the only host sync.
+        self.register_buffer("value", torch.ones((), dtype=torch.float32), persistent=False)
+        self.register_buffer("count", torch.zeros((), dtype=torch.int64), persistent=False)
+
+    @property
+    def weight(self) -> float:
+        """The current weight as a Python float (one host sync; the objective uses ``value``)."""
+        return float(self.value)
+
+    @property
+    def updates(self) -> int:
+        """How many ratios have been folded in (one host sync)."""
+        return int(self.count)
 
     def due(self, step: int | None) -> bool:
         return self.start_step is not None and step is not None and step >= self.start_step and step % self.every == 0
 
-    def update(self, model: nn.Module, reference: torch.Tensor, perceptual: torch.Tensor) -> float:
-        """Fold in the gradient-norm ratio of ``reference`` (FM) and ``perceptual`` at the balance parameter.
+    def update(self, model: nn.Module, reference: torch.Tensor, perceptual: torch.Tensor) -> torch.Tensor:
+        """Fold in the gradient-norm ratio of ``reference`` (FM) and ``perceptual``; returns ``value``.
 
-        A perceptual sum without a gradient path (e.g. no sample passed the gate) gives no ratio (the original
-        would fail in ``autograd.grad`` there); across processes the ratio is averaged over the ranks that have
-        one, and with none the weight is unchanged.
+        Across processes the ratio is averaged over the ranks that have one (with ``no_gradient="keep"`` a
+        rank without a perceptual gradient has none; with none anywhere the weight is unchanged).
         """
         param = balance_parameter(model, self.param_name)
         grads = [
             torch.autograd.grad(loss, param, retain_graph=True, allow_unused=True)[0] if loss.requires_grad else None
             for loss in (reference, perceptual)
         ]
-        # (ratio, 1) from a rank that can measure it, (0, 0) otherwise; every rank joins the all-reduce.
-        stats = torch.zeros(2, device=param.device)
-        if grads[1] is not None:
-            ref_norm = torch.zeros((), device=param.device) if grads[0] is None else grads[0].detach().float().norm()
-            stats[0] = (ref_norm / (grads[1].detach().float().norm() + self.eps)).clamp(0.0, self.max_weight)
-            stats[1] = 1.0
+        zero = torch.zeros((), device=param.device)
+        ref_norm = zero if grads[0] is None else grads[0].detach().float().norm()
+        has_ratio = grads[1] is not None or self.no_gradient == "original"
+        if has_ratio:
+            percept_norm = zero if grads[1] is None else grads[1].detach().float().norm()
+            ratio = (ref_norm / (percept_norm + self.eps)).clamp(0.0, self.max_weight)
+            stats = torch.stack([ratio, torch.ones((), device=param.device)])
+        else:
+            stats = torch.zeros(2, device=param.device)
         if self.sync and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(stats)
-        total, count = stats.tolist()
-        if count == 0:
-            return self.weight
-        self.weight = self.momentum * self.weight + (1.0 - self.momentum) * total / count
-        self.updates += 1
-        return self.weight
+            total, ranks = stats[0], stats[1]
+            new = self.momentum * self.value + (1.0 - self.momentum) * (total / ranks.clamp_min(1.0))
+            self.value.copy_(torch.where(ranks > 0, new, self.value))
+            self.count.add_((ranks > 0).long())
+        elif has_ratio:
+            self.value.copy_(self.momentum * self.value + (1.0 - self.momentum) * stats[0])
+            self.count.add_(1)
+        return self.value
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"weight": float(self.weight), "updates": int(self.updates)}
+        return {"weight": self.weight, "updates": self.updates}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         if not isinstance(state, dict) or "weight" not in state:
             raise ValueError(f"Balancer state must be a dict with a 'weight', got {state!r}.")
-        self.weight = float(state["weight"])
-        self.updates = int(state.get("updates", 0))
+        self.value.fill_(float(state["weight"]))
+        self.count.fill_(int(state.get("updates", 0)))
 
     def extra_repr(self) -> str:
-        return f"start_step={self.start_step}, every={self.every}, weight={self.weight:.4g}"
+        return f"start_step={self.start_step}, every={self.every}, no_gradient={self.no_gradient!r}"

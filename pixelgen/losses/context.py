@@ -20,7 +20,8 @@ class LossContext:
     ``x_hat``: the network's x-prediction; ``feature``: the backbone's hidden tokens for REPA (or None);
     ``gate``: (B,) bool, samples at or above the perceptual threshold (None: no gating configured);
     ``encoders``: the objective's frozen networks by role (``"dinov2"``, ``"lpips"`` ...);
-    ``sample_mask``: None, or a (B,) bool mask that :meth:`reduce` averages over (the "masked" gating computation).
+    ``sample_mask``: None, or a (B,) bool mask that :meth:`reduce` averages over (the "masked" gating computation);
+    ``static``: terms must not make shapes or control flow depend on the data (the objective's static-shape step).
 
     A gated term sees a *subset* context (:meth:`subset`) holding only the gated-in samples. Values
     computed through :meth:`cached` are shared by all terms: a subset context reuses its parent's full-batch
@@ -39,6 +40,7 @@ class LossContext:
     gate: torch.Tensor | None = None
     encoders: Mapping[str, nn.Module] = field(default_factory=dict)
     sample_mask: torch.Tensor | None = None
+    static: bool = False
     _cache: dict = field(default_factory=dict, repr=False)
     _parent: tuple[LossContext, torch.Tensor] | None = field(default=None, repr=False)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -10,12 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..backbones.common import values_checked_by_caller
+from ..backbones.base import backbone_facts
+from ..backbones.common import value_checks_skipped, values_checked_by_caller
 from ..encoders import build_encoder
 from ..encoders.base import at_least_float32, check_pixel_ranges
 from ..registry import registries
 from ..utils.checks import check_image_batch, check_labels, check_loss_weight, check_same_shape, check_timesteps
-from .balancer import Balancer
+from .balancer import Balancer, balance_parameter
 from .context import LossContext
 from .path import _draw, _interpolate, drop_condition, sample_t
 
@@ -51,12 +53,19 @@ class Objective(nn.Module):
     Args:
         losses: registered loss-term names (``registries.loss``), plugins included.
         weights: λ per term name; unnamed terms use their ``default_weight`` (1, 0.5, 0.1, 0.01).
-        hidden_size: backbone width, for the REPA projector.
+        model: the backbone this objective trains, read once here through the backbone protocol
+            (:mod:`pixelgen.backbones.base`): its ``hidden_size`` sizes the REPA projector, its ``patch_size``
+            sets LPIPS's resize rule and the ``base_patch_size`` of DINOv2 encoders built here (the token grids
+            must pair), and an active balancer checks its ``balance_parameter()``. Not stored.
+        hidden_size: backbone width, for the REPA projector (taken from ``model`` when given).
         align_layer: ``return_layer`` passed to the backbone for REPA (8 in PixelGen).
         percept_t_threshold: gated terms use only samples with t ≥ this (0.3); ``None`` disables gating.
         gating_compute: ``"subset"`` (default) runs a gated term's encoders on the gated-in samples only;
-            ``"masked"`` runs them on the whole batch and averages with the mask (static shapes, e.g. for
-            CUDA graphs). Both give the same value and gradients.
+            ``"masked"`` is the static-shape step: the gated terms run on the whole batch and are averaged
+            with the mask, P-DINO's "no sample gated in" case is a select, and the balancer stays on the
+            device, so no shape depends on the data and nothing waits for the host (the step can be captured
+            as a CUDA graph; with ``check_finite=False`` and inside ``values_checked_by_caller()`` it makes
+            no host sync). Both give the same values and gradients.
         pdino_gating: ``"original"`` (default, the upstream broadcast behaviour) or ``"intended"``; see
             :class:`~pixelgen.losses.terms.PDinoTerm`.
         percept_ratio: extra factor on the perceptual sum (1).
@@ -69,7 +78,12 @@ class Objective(nn.Module):
             (``{"name": ..., "weights": ..., "dtype": ...}``); missing roles are built with defaults, roles no
             term uses are not built.
         term_options: per term name, keyword arguments for its constructor.
-        check_finite: fail naming the term when a term is NaN or infinite (one device sync per step).
+        check_finite: fail naming the term when a term is NaN or infinite (one device sync per step). A
+            caller that reads the values anyway turns it off and uses :meth:`all_finite` /
+            :meth:`check_values` on the output instead.
+
+    Draws (without ``batch['seeds']``): CFG dropout uniforms ``rand(B)``, then the time normals ``randn(B)``,
+    then the noise ``randn(B, C, H, W)``, in the original's order, so a global torch seed gives its batches.
     """
 
     def __init__(
@@ -95,9 +109,24 @@ class Objective(nn.Module):
         encoders: Mapping[str, nn.Module | Mapping[str, Any]] | None = None,
         term_options: Mapping[str, Mapping[str, Any]] | None = None,
         check_finite: bool = True,
+        model: nn.Module | None = None,
     ):
         super().__init__()
         losses = [losses] if isinstance(losses, str) else list(losses)
+        term_options = {k: dict(v) for k, v in dict(term_options or {}).items()}
+        encoders = dict(encoders or {})
+        if model is not None:
+            facts = backbone_facts(model)
+            if hidden_size is not None and hidden_size != facts["hidden_size"]:
+                raise ValueError(
+                    f"hidden_size={hidden_size} contradicts the model's hidden_size {facts['hidden_size']}; pass one of them."
+                )
+            hidden_size = facts["hidden_size"]
+            if "lpips" in losses:
+                term_options.setdefault("lpips", {}).setdefault("patch_size", facts["patch_size"])
+            spec = encoders.get("dinov2")
+            if not isinstance(spec, nn.Module):
+                encoders["dinov2"] = {"base_patch_size": facts["patch_size"], **dict(spec or {})}
         if not losses or len(set(losses)) != len(losses) or not all(isinstance(n, str) for n in losses):
             raise ValueError(f"losses must be a non-empty list of distinct loss-term names, got {losses!r}.")
         if gating_compute not in GATING_COMPUTE:
@@ -106,7 +135,6 @@ class Objective(nn.Module):
             raise ValueError(f"percept_t_threshold must lie in [0, 1] or be None, got {percept_t_threshold!r}.")
         if not 0.0 <= cond_drop_prob <= 1.0:
             raise ValueError(f"cond_drop_prob must lie in [0, 1], got {cond_drop_prob!r}.")
-        term_options = dict(term_options or {})
         for key, holder in (("term_options", term_options), ("weights", dict(weights or {}))):
             stray = sorted(set(holder) - set(losses))
             if stray:
@@ -130,7 +158,7 @@ class Objective(nn.Module):
             for n, t in self.terms.items()
         }
 
-        self._frozen: dict[str, nn.Module] = self._build_encoders(dict(encoders or {}))
+        self._frozen: dict[str, nn.Module] = self._build_encoders(encoders)
         for term in self.terms.values():
             if hasattr(term, "setup"):
                 term.setup(encoders=MappingProxyType(self._frozen), hidden_size=hidden_size)
@@ -146,6 +174,8 @@ class Objective(nn.Module):
             raise ValueError(
                 f"The adaptive perceptual weight balances against '{balance_against}', which is not in losses."
             )
+        if model is not None and self.balancer.start_step is not None:
+            balance_parameter(model, self.balancer.param_name)  # fail now, not 400k steps in
         self.hidden_size, self.align_layer = hidden_size, align_layer
         self.percept_t_threshold, self.gating_compute = percept_t_threshold, gating_compute
         self.percept_ratio, self.balance_against = float(percept_ratio), balance_against
@@ -156,6 +186,13 @@ class Objective(nn.Module):
             check_finite,
         )
         self.needs_feature = any(getattr(t, "needs_feature", False) for t in self.terms.values())
+
+    @classmethod
+    def from_model(cls, model: nn.Module, preset: str = "pixelgen", **overrides: Any) -> Objective:
+        """``build_objective(preset, model=model, **overrides)``: the preset's objective sized for ``model``."""
+        from .presets import build_objective
+
+        return build_objective(preset, model=model, **overrides)
 
     # -- frozen encoders --------------------------------------------------------------------------------
     def _build_encoders(self, specs: dict[str, Any]) -> dict[str, nn.Module]:
@@ -214,7 +251,7 @@ class Objective(nn.Module):
         """One objective evaluation on ``batch`` (``image`` in [-1, 1], ``raw`` in [0, 1], ``cond``, optional ``uncond``).
 
         ``raw`` defaults to ``(image + 1) / 2`` when absent. ``step`` is the global step (for the balancer);
-        ``generator`` makes t, noise and dropout reproducible. With ``batch['seeds']`` ((B,) int64, the trainer's
+        ``generator`` makes dropout, t and noise reproducible (drawn in that order). With ``batch['seeds']`` ((B,) int64, the trainer's
         ``per_sample_noise``) sample i's t, noise and dropout come from a CPU generator seeded with ``seeds[i]``
         (in that order), independent of how a global batch is split across processes.
         """
@@ -234,14 +271,14 @@ class Objective(nn.Module):
                 f"batch['cond'] must be a tensor with one condition per image ({image.shape[0]}), got {getattr(cond, 'shape', type(cond).__name__)}."
             )
         num_classes = getattr(model, "num_classes", None)
-        if not cond.is_floating_point() and num_classes is not None:
+        if not cond.is_floating_point() and num_classes is not None and not value_checks_skipped(cond):
             check_labels(cond, num_classes, "batch['cond']", batch=image.shape[0])
         seeds, uncond = batch.get("seeds"), batch.get("uncond")
-        if seeds is None:  # draw order: t, noise, dropout
+        if seeds is None:  # the original's draw order: dropout, t, noise
+            cond = drop_condition(cond, self.cond_drop_prob, null_label=num_classes, uncond=uncond, generator=generator)
             t = sample_t(image.shape[0], device=image.device, generator=generator, **self.time)
             noise = _draw("normal", tuple(image.shape), image.device, generator).to(image.dtype)
-            cond = drop_condition(cond, self.cond_drop_prob, null_label=num_classes, uncond=uncond, generator=generator)
-        else:
+        else:  # per-sample seeds: each sample's t, noise, dropout from its own generator, in that order
             t_draws, noise, drop_draws = _per_sample_draws(image, seeds, self.time["distribution"])
             t = sample_t(image.shape[0], device=image.device, draws=t_draws, **self.time)
             cond = drop_condition(cond, self.cond_drop_prob, null_label=num_classes, uncond=uncond, draws=drop_draws)
@@ -279,10 +316,11 @@ class Objective(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """:meth:`evaluate` for a checked ``image`` and valid ``t`` (this runs every training step: few host syncs)."""
         check_same_shape(raw, image, "raw", "image")
-        check_pixel_ranges(
-            [(image, "The training image", (-1.0, 1.0)), (raw, "The raw training image", (0.0, 1.0))],
-            natural_images=("The training image",),
-        )
+        if not value_checks_skipped(image):
+            check_pixel_ranges(
+                [(image, "The training image", (-1.0, 1.0)), (raw, "The raw training image", (0.0, 1.0))],
+                natural_images=("The training image",),
+            )
         x_t = _interpolate(image, noise, t)
         feature = None
         with values_checked_by_caller():  # t is valid here and class labels were checked: no second host sync
@@ -296,19 +334,20 @@ class Objective(nn.Module):
         check_same_shape(x_hat, image, "The model's prediction x_hat", "the clean image x")
         gate = None if self.percept_t_threshold is None else t >= self.percept_t_threshold
         ctx = LossContext(
-            x=image, raw=raw, x_t=x_t, t=t, x_hat=x_hat, feature=feature, gate=gate, encoders=self.encoders
+            x=image,
+            raw=raw,
+            x_t=x_t,
+            t=t,
+            x_hat=x_hat,
+            feature=feature,
+            gate=gate,
+            encoders=self.encoders,
+            static=self.gating_compute == "masked",
         )
 
         values = self._term_values(ctx)
         if self.check_finite:
-            stacked = torch.stack([v.detach().float() for v in values.values()])
-            if not bool(torch.isfinite(stacked).all()):
-                bad = [
-                    f"'{n}' ({float(v.detach()):.4g})"
-                    for n, v in values.items()
-                    if not torch.isfinite(v.detach()).all()
-                ]
-                raise FloatingPointError(f"Loss term {', '.join(bad)} is NaN or infinite.")
+            self.check_values(values)
 
         plain = [self.weights[n] * v for n, v in values.items() if not getattr(self.terms[n], "perceptual", False)]
         percept = [self.weights[n] * v for n, v in values.items() if getattr(self.terms[n], "perceptual", False)]
@@ -317,11 +356,31 @@ class Objective(nn.Module):
             percept_sum = sum(percept[1:], percept[0])
             if self.balancer.due(step) and torch.is_grad_enabled():
                 self.balancer.update(model, values[self.balance_against], percept_sum)
-            total = total + self.percept_ratio * self.balancer.weight * percept_sum
+            total = total + self.percept_ratio * self.balancer.value * percept_sum
         out = {name: v.detach() for name, v in values.items()}
-        out["percept_weight"] = ctx.constant(self.balancer.weight)  # a fill, not a (synchronising) host-to-device copy
+        out["percept_weight"] = self.balancer.value.detach().to(
+            torch.promote_types(image.dtype, torch.float32), copy=True
+        )
         out["loss"] = total
         return out
+
+    # -- finiteness -------------------------------------------------------------------------------------
+    @staticmethod
+    def all_finite(values: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """A 0-dim bool tensor on the values' device: every value is finite (one fused check, no host sync)."""
+        return torch.isfinite(torch.stack([v.detach().float().reshape(()) for v in values.values()])).all()
+
+    @staticmethod
+    def check_values(values: Mapping[str, torch.Tensor | float]) -> None:
+        """Raise ``FloatingPointError`` naming every NaN or infinite value (one host sync for tensors)."""
+        items = list(values.values())
+        if items and all(isinstance(v, torch.Tensor) for v in items):
+            read = torch.stack([v.detach().float().reshape(()) for v in items]).tolist()
+        else:
+            read = [float(v) for v in items]
+        bad = [f"'{n}' ({v:.4g})" for n, v in zip(values, read) if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"Loss term {', '.join(bad)} is NaN or infinite.")
 
     def _term_values(self, ctx: LossContext) -> dict[str, torch.Tensor]:
         """Every term's value; gated terms share one gated context (None: no sample passes, the value is 0)."""

@@ -16,8 +16,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "jit_repa": dict(losses=_ALL[:2], percept_t_threshold=None),
     # training_repa_JiT_LPIPS: + LPIPS over all samples, with that trainer's default λ = 1.0.
     "jit_repa_lpips": dict(losses=_ALL[:3], weights={"lpips": 1.0}, percept_t_threshold=None),
-    # training_repa_JiT_LPIPS_DINO: + P-DINO, both perceptual terms over all samples (no gating, no adaptive w).
-    "jit_repa_lpips_pdino": dict(losses=_ALL, percept_t_threshold=None),
+    # training_repa_JiT_LPIPS_DINO: + P-DINO, both perceptual terms over all samples (no gating, no adaptive w),
+    # with that trainer's default λ_LPIPS = λ_P-DINO = 1.0 (the original ships no config for the ablation runs).
+    "jit_repa_lpips_pdino": dict(losses=_ALL, weights={"lpips": 1.0, "pdino": 1.0}, percept_t_threshold=None),
     # PixelGen (…_NoiseGating): gating at t ≥ 0.3 (P-DINO with the upstream behaviour), adaptive w from 400k.
     "pixelgen": dict(
         losses=_ALL, percept_t_threshold=0.3, pdino_gating="original", balancer={"start_step": 400_000, "every": 50}
@@ -60,8 +61,9 @@ def build_objective(preset: str = "pixelgen", **overrides: Any) -> Objective:
     """The :class:`Objective` of ``preset`` with ``overrides`` applied.
 
     ``weights`` is merged into the preset's weights; ``extra_losses=[...]`` appends terms (e.g. a plugin's) to
-    the preset's list; any other :class:`Objective` argument replaces the preset's value. The REPA projector
-    needs ``hidden_size`` (the backbone width), e.g. ``build_objective("pixelgen", hidden_size=model.hidden_size)``.
+    the preset's list; any other :class:`Objective` argument replaces the preset's value. ``model=`` reads the
+    backbone's width, patch size and balance parameter (``build_objective("pixelgen", model=model)``); without
+    it the REPA projector needs ``hidden_size``.
     """
     from ..registry import registries
 

@@ -140,7 +140,7 @@ class RepaTerm(LossTerm):
             return
         if hidden_size is None:
             raise ValueError(
-                "The REPA projector needs the backbone width: pass hidden_size=model.hidden_size to build_objective."
+                "The REPA projector needs the backbone width: pass model=model (or hidden_size=...) to build_objective."
             )
         encoder = encoders[self.encoder_role]
         self._build(hidden_size, int(encoder.embed_dim))
@@ -249,8 +249,11 @@ class PDinoTerm(LossTerm):
         self.requires = (encoder,)
 
     def forward(self, ctx: LossContext) -> torch.Tensor:
-        if self.gating == "original" and not ctx.any_gated_in:
-            return ctx.constant(1.0)
+        if self.gating == "original" and ctx.gate is not None:
+            if ctx.static:  # the same value as a select, so no shape or branch depends on the gate
+                return torch.where(ctx.gate.any(), ctx.reduce(self.per_sample(ctx)), ctx.constant(1.0))
+            if not ctx.any_gated_in:
+                return ctx.constant(1.0)
         return ctx.reduce(self.per_sample(ctx))
 
     def per_sample(self, ctx: LossContext) -> torch.Tensor:

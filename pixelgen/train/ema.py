@@ -1,8 +1,11 @@
 """Exponential moving average of the model weights (spec §6.3).
 
-``ema ← decay·ema + (1 − decay)·θ`` over the trainable parameters, in fp32, once per optimiser step, with
-``torch._foreach_*`` kernels. No warm-up and no bias correction, as the original; buffers are not averaged
-(the original averaged ``parameters()`` only).
+``ema ← decay·ema + (1 − decay)·θ`` over every parameter, in fp32, once per optimiser step, with
+``torch._foreach_*`` kernels. No warm-up and no bias correction; buffers are not averaged. As in the original,
+the frozen sin-cos ``pos_embed`` is averaged too: float32 rounding of ``0.9999·x + 1e-4·x`` moves some of its
+entries by an ulp now and then, so the released EMA weights carry a slightly drifted table, and models load
+and use the stored table as it is. ``average_frozen=False`` averages only the trainable parameters (the
+frozen ones keep their initial values exactly).
 
 The average lives in a full copy of the model (``ema.model``), which is what sample grids and exports use.
 Under FSDP2 the copy is sharded like the model, so each rank averages its own shards locally.
@@ -21,10 +24,13 @@ __all__ = ["EMA"]
 class EMA:
     """Keeps ``model``'s fp32 exponential moving average in ``self.model`` (eval mode, no gradients)."""
 
-    def __init__(self, model: nn.Module, decay: float = 0.9999):
+    def __init__(self, model: nn.Module, decay: float = 0.9999, *, average_frozen: bool = True):
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay must lie in [0, 1], got {decay}.")
+        if not isinstance(average_frozen, bool):
+            raise TypeError(f"average_frozen must be True or False, got {average_frozen!r}.")
         self.decay = float(decay)
+        self.average_frozen = average_frozen
         self.model = copy.deepcopy(model)
         self.model.to(torch.float32).eval().requires_grad_(False)
         self.track(model)
@@ -40,7 +46,7 @@ class EMA:
         for name, p in model.named_parameters():
             if name not in ema_params:
                 raise KeyError(f"The EMA copy has no parameter {name!r}; it must be a copy of the trained model.")
-            if p.requires_grad:  # frozen ones (pos_embed) never change, so averaging them is a no-op
+            if p.requires_grad or self.average_frozen:
                 live.append(p)
                 avg.append(ema_params[name])
         return live, avg

@@ -669,11 +669,10 @@ def _build_objective(config: TrainConfig, model: nn.Module) -> nn.Module:
     from ..losses import build_objective
 
     overrides = dict(config.objective.overrides)
-    overrides.setdefault("hidden_size", getattr(model, "hidden_size", None))  # the REPA projector's input width
     # _micro_step reads every term once (one host sync) and names the non-finite ones: the objective's own
     # finiteness check would be a second sync per micro-batch.
     overrides.setdefault("check_finite", False)
-    return build_objective(preset=config.objective.preset, **overrides)
+    return build_objective(preset=config.objective.preset, model=model, **overrides)
 
 
 def _build_posthoc_ema(config: TrainConfig, model: nn.Module) -> Any:
