@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -335,3 +336,33 @@ def test_balancer_averages_the_ratio_across_processes(tmp_path):
         weights = dict(results)
     expected = 0.8 + 0.2 * (1.0 / (1 + 5e-5) + 2.0 / (1 + 5e-5)) / 2
     assert weights[0] == pytest.approx(expected, rel=1e-5) and weights[1] == pytest.approx(expected, rel=1e-5)
+
+
+# -- numerics under autocast ------------------------------------------------------------------------------
+@pytest.mark.parametrize("magnitude", [1.0, 1e20, 1e30])
+def test_cosine_distance_of_large_bf16_activations_is_finite_and_float32_exact(magnitude):
+    from pixelgen.losses.terms import cosine_distance
+
+    g = torch.Generator().manual_seed(0)
+    u, v = torch.randn(2, 5, 24, generator=g), torch.randn(2, 5, 24, generator=g)
+    a, b = (magnitude * u).bfloat16(), (0.3 * magnitude * (u + 0.2 * v)).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = cosine_distance(a, b)
+    expected = (1 - torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)).mean(dim=1)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+    plain = (1 - torch.nn.functional.cosine_similarity(u, v, dim=-1)).mean(dim=1)  # ordinary sizes: same bits
+    assert torch.equal(cosine_distance(u, v), plain)
+
+
+def test_lpips_of_large_bf16_activations_stays_finite_and_close_to_float64(lpips_net):
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1, torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    reference = copy.deepcopy(lpips_net).double()
+    for scale in (1.0, 1e19):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = lpips_net(scale * a, scale * b, check_range=False)
+        expected = reference((scale * a).double(), (scale * b).double(), check_range=False)
+        assert got.dtype == torch.float32 and torch.isfinite(got).all()
+        torch.testing.assert_close(got.double(), expected, rtol=0.05, atol=1e-3)
+    assert torch.equal(lpips_net(a, b), lpips_net.metric(a, b).reshape(2))  # float32: the package's bits

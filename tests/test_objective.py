@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from loss_helpers import CallRecorder, StubC2I, images, tiny_dino, tiny_jit, tiny_lpips
+from torch import nn
 
 from pixelgen.losses import PRESETS, LossTerm, Objective, build_objective, list_presets
 from pixelgen.registry import registries
@@ -333,3 +334,144 @@ def test_tiny_jit_training_step_reduces_the_loss(dino, lpips_net):
         opt.step()
         losses.append(float(out["loss"].detach()))
     assert losses[-1] < losses[0]
+
+
+# -- the static-shape step -----------------------------------------------------------------------------------
+def _step(dino, lpips_net, t, compute, pdino_gating, no_gradient="original"):
+    """(outputs, gradients) of one due balancer step at fixed t and noise, in float64."""
+    obj = objective(
+        dino,
+        lpips_net,
+        hidden_size=16,
+        gating_compute=compute,
+        pdino_gating=pdino_gating,
+        balancer={"start_step": 0, "every": 1, "no_gradient": no_gradient},
+    ).double()
+    torch.manual_seed(0)
+    model = StubC2I(hidden_size=16).double()
+    b = batch(len(t), dtype=torch.float64)
+    noise = torch.randn(b["image"].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    out = obj.evaluate(model, b["image"], b["raw"], b["cond"], t, noise, step=0)
+    params = list(model.parameters()) + list(obj.parameters())
+    return out, torch.autograd.grad(out["loss"], params, allow_unused=True)
+
+
+@pytest.mark.parametrize("pdino_gating", ["original", "intended"])
+@pytest.mark.parametrize("ts", [[0.1, 0.6, 0.05, 0.4], [0.1, 0.2, 0.05]])
+def test_static_step_equals_the_default_step(dino64, lpips64, ts, pdino_gating):
+    t = torch.tensor(ts)
+    for no_gradient in ("original", "keep"):
+        default, default_grads = _step(dino64, lpips64, t, "subset", pdino_gating, no_gradient)
+        static, static_grads = _step(dino64, lpips64, t, "masked", pdino_gating, no_gradient)
+        assert set(default) == set(static)
+        for key in default:
+            torch.testing.assert_close(static[key], default[key], rtol=1e-12, atol=1e-12)
+        for a, b in zip(default_grads, static_grads):
+            a = torch.zeros_like(b) if a is None and b is not None else a
+            b = torch.zeros_like(a) if b is None and a is not None else b
+            if a is not None:
+                torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+        if all(v < 0.3 for v in ts):  # no sample gated in: the ratio against a zero gradient, or w kept
+            expected = 0.8 + 0.2 * 100.0 if no_gradient == "original" else 1.0
+            assert float(static["percept_weight"]) == pytest.approx(expected)
+
+
+def test_static_step_makes_no_host_sync(dino, lpips_net, monkeypatch):
+    from pixelgen.backbones import values_checked_by_caller
+
+    obj = objective(
+        dino, lpips_net, gating_compute="masked", check_finite=False, balancer={"start_step": 0, "every": 1}
+    )
+    model = tiny_jit()
+    b = batch(4)
+    syncs = []
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "nonzero", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            syncs.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    monkeypatch.setattr(torch, "nonzero", lambda *a, **k: syncs.append("torch.nonzero"))
+    for step in (0, 1):  # a balancer step and a plain one
+        with values_checked_by_caller():
+            out = obj(model, b, step=step, generator=torch.Generator().manual_seed(step))
+            out["loss"].backward()
+    monkeypatch.undo()
+    assert syncs == []
+    assert obj.balancer.updates == 2 and bool(Objective.all_finite(out))
+    default = objective(dino, lpips_net, check_finite=False)  # the subset step indexes the gated samples
+    monkeypatch.setattr(
+        torch.Tensor,
+        "nonzero",
+        lambda self, *a, **k: (syncs.append("nonzero"), self.new_zeros((0, 1), dtype=torch.long))[1],
+    )
+    with values_checked_by_caller():
+        default(model, b, step=0, generator=torch.Generator().manual_seed(0))
+    assert syncs == ["nonzero"]
+
+
+def test_finiteness_checks_are_exposed_for_callers(dino, lpips_net):
+    good = {"a": torch.tensor(1.0), "b": torch.tensor(2.0, dtype=torch.float64)}
+    bad = {**good, "c": torch.tensor(float("nan")), "d": torch.tensor(float("inf"))}
+    assert bool(Objective.all_finite(good)) and not bool(Objective.all_finite(bad))
+    Objective.check_values(good)
+    with pytest.raises(FloatingPointError, match=r"Loss term 'c' \(nan\), 'd' \(inf\) is NaN or infinite"):
+        Objective.check_values(bad)
+    with pytest.raises(FloatingPointError, match="'x'"):
+        Objective.check_values({"x": float("nan"), "y": 1.0})
+
+
+# -- built from the model -----------------------------------------------------------------------------------
+def test_objective_built_from_the_model_reads_the_backbone_protocol(dino, lpips_net):
+    from pixelgen.backbones.base import Backbone
+
+    model = tiny_jit(patch_size=8, input_size=32)
+    obj = build_objective("pixelgen", model=model, align_layer=1, encoders={"dinov2": dino, "lpips": lpips_net})
+    assert obj.terms["repa"].proj[0][0].in_features == model.hidden_size == 32
+    assert obj.terms["lpips"].patch_size == 8  # LPIPS's resize rule follows the backbone's patch size
+    same = Objective.from_model(model, "pixelgen", align_layer=1, encoders={"dinov2": dino, "lpips": lpips_net})
+    assert same.terms["lpips"].patch_size == 8 and same.hidden_size == 32
+    built = build_objective(
+        "jit_repa",
+        model=model,
+        encoders={"dinov2": {"weights": "random", "model_overrides": {"embed_dim": 12, "depth": 1, "num_heads": 2}}},
+    )
+    assert built.encoders["dinov2"].base_patch_size == 8  # DINOv2's token grid pairs with the backbone's
+    with pytest.raises(ValueError, match="hidden_size=16 contradicts the model's hidden_size 32"):
+        build_objective("jit_repa", model=model, hidden_size=16, encoders={"dinov2": dino})
+
+    class Wrapped(nn.Module):  # DDP-style wrappers are looked through
+        def __init__(self, inner):
+            super().__init__()
+            self.module = inner
+
+    assert build_objective("jit_repa", model=Wrapped(model), encoders={"dinov2": dino}).hidden_size == 32
+
+    class Family(Backbone):  # a new family states the protocol once
+        arch, cond_kind, hidden_size, patch_size, num_classes = "toy", "class", 16, 16, 10
+
+        def __init__(self):
+            super().__init__()
+            self.inner = StubC2I(hidden_size=16)
+
+        def balance_parameter(self):
+            return self.inner.final_layer.linear.weight
+
+        def forward(self, x, t, y, *, return_layer=None):
+            return self.inner(x, t, y, return_layer=return_layer)
+
+    toy = Family()
+    obj = objective(dino, lpips_net, hidden_size=None, model=toy, balancer={"start_step": 0, "every": 1})
+    obj(toy, batch(4), step=0, generator=torch.Generator().manual_seed(0))
+    assert obj.balancer.updates == 1
+
+    class Silent(StubC2I):
+        balance_parameter = Backbone.balance_parameter
+
+    with pytest.raises(NotImplementedError, match="does not name its balance_parameter"):
+        build_objective("pixelgen", model=Silent(hidden_size=16), encoders={"dinov2": dino, "lpips": lpips_net})
+    nameless = nn.Linear(2, 2)
+    with pytest.raises(TypeError, match=r"reads hidden_size from the backbone, but Linear.hidden_size is None"):
+        build_objective("jit_repa", model=nameless, encoders={"dinov2": dino})

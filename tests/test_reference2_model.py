@@ -328,3 +328,114 @@ def test_data_cases(ref, name):
         assert torch.equal(to_uint8(tensors[f"{name}/in/x"].clone()), tensors[f"{name}/out/uint8"])
     else:
         pytest.skip(f"no check written for data case {name}")
+
+
+# -- mixed precision of the residual stream ---------------------------------------------------------------
+def _randomised(arch, seed=0, **config):
+    torch.manual_seed(seed)
+    model = build_model(arch, **config).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def _original_c2i(model, x, t, y):
+    """The original's forward with its dtype rules: the position table is added in place (a bf16 stream stays
+    bf16), the in-context tokens are built in float32 and concatenated in front (promoting the stream)."""
+    from pixelgen.nn import RotaryTable, axial_rope_2d
+
+    gh, gw = x.shape[-2] // model.patch_size, x.shape[-1] // model.patch_size
+    tokens = model.x_embedder(x)
+    tokens += model.pos_embed
+    y_emb = model.y_embedder(y)
+    c = model.t_embedder(t) + y_emb
+    prefixed = axial_rope_2d(model.head_dim, gh, gw, prefix_len=model.in_context_len)
+    image_only = RotaryTable(prefixed.cos[model.in_context_len :], prefixed.sin[model.in_context_len :])
+    prefix = 0
+    for i, block in enumerate(model.blocks):
+        if i == model.in_context_start:
+            context = y_emb.unsqueeze(1).repeat(1, model.in_context_len, 1)
+            context += model.in_context_posemb
+            tokens = torch.cat([context, tokens], dim=1)
+            prefix = model.in_context_len
+        tokens = block(tokens, c, prefixed if prefix else image_only)
+    return model.unpatchify(model.final_layer(tokens[:, prefix:], c), gh, gw)
+
+
+def _original_t2i(model, x, t, y):
+    """The original text-to-image forward's dtype rules: both position tables added in place."""
+    import torch.nn.functional as F
+
+    from pixelgen.nn import linspace_rope_2d
+
+    p = model.patch_size
+    gh, gw = x.shape[-2] // p, x.shape[-1] // p
+    tokens = model.x_embedder(F.unfold(x, kernel_size=p, stride=p).transpose(1, 2))
+    tokens += model.pos_embed
+    cond = F.silu(model.t_embedder(t)).unsqueeze(1)
+    text = model.y_embedder(y)
+    text += model.y_pos_embedding
+    for block in model.text_refine_blocks:
+        text = block(text, cond, None)
+    rope = linspace_rope_2d(model.head_dim, gh, gw)
+    for block in model.blocks:
+        tokens = block(tokens, text, cond, rope, None)
+    out = model.final_layer(tokens).transpose(1, 2)
+    return F.fold(out, output_size=x.shape[-2:], kernel_size=p, stride=p)
+
+
+MIXED = {
+    "jit": (
+        dict(input_size=32, patch_size=8, hidden_size=32, depth=3, num_heads=2, num_classes=5, bottleneck_dim=8)
+        | dict(in_context_len=2, in_context_start=1),
+        _original_c2i,
+    ),
+    "jit_t2i": (
+        dict(input_size=32, patch_size=8, hidden_size=32, num_blocks=2, num_text_blocks=1, num_groups=2)
+        | dict(txt_embed_dim=12, txt_max_length=5, bottleneck_dim=8),
+        _original_t2i,
+    ),
+}
+
+
+def _stream_dtypes(model, x, t, y):
+    """Dtypes of the token stream entering each block (text refiner first, for text-to-image)."""
+    seen = []
+    blocks = [*getattr(model, "text_refine_blocks", []), *model.blocks]
+    hooks = [b.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype)) for b in blocks]
+    try:
+        out = model(x, t, y)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out, seen
+
+
+@pytest.mark.parametrize("arch", list(MIXED))
+def test_bf16_autocast_keeps_the_stream_in_the_original_dtypes(arch):
+    config, reference = MIXED[arch]
+    model = _randomised(arch, **config)
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(2, 3, 32, 32, generator=g), torch.rand(2, generator=g)
+    y = torch.tensor([1, 5]) if arch == "jit" else torch.randn(2, 5, 12, generator=g)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = reference(model, x, t, y)
+        ours, dtypes = _stream_dtypes(model, x, t, y)
+        model.residual_stream = "float32"
+        wide, wide_dtypes = _stream_dtypes(model, x, t, y)
+    bf16, f32 = torch.bfloat16, torch.float32
+    # class-to-image: bf16 until the float32 in-context tokens join at block 1; text-to-image: bf16 throughout
+    assert dtypes == ([bf16, f32, f32] if arch == "jit" else [bf16, bf16, bf16])
+    assert wide_dtypes == [f32] * len(dtypes)
+    assert ours.dtype == expected.dtype and torch.equal(ours, expected)
+    assert not torch.equal(wide, expected)
+    with torch.no_grad():
+        model.residual_stream = "original"
+        exact = model.float()(x, t, y)  # without autocast both settings are the float32 function
+        model.residual_stream = "float32"
+        assert torch.equal(model(x, t, y), exact)
+    with pytest.raises(ValueError, match="residual_stream must be one of original, float32"):
+        build_model(arch, **config, residual_stream="fp32")

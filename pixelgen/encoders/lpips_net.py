@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.nn.functional as F
 
 from ..registry import registries
 from ..utils.checks import check_image_batch, check_same_shape
@@ -46,6 +47,18 @@ def lpips_weight_source(net: str) -> WeightSource:
         hf_filename="model.safetensors" if hf_repo else None,
         description=f"the LPIPS {net} trunk (torchvision ImageNet weights)",
         option=f"build_encoder('lpips', net='{net}', weights=<path>) (objective: encoders={{'lpips': {{'weights': <path>}}}})",
+    )
+
+
+def _unit_channels(features: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """``f / (‖f‖ + eps)`` over channels, as the package's ``normalize_tensor``, in float32 and after an exact
+    power-of-two rescaling per position (the same bits, without overflow of the squares)."""
+    f = at_least_float32(features)
+    _, exponent = torch.frexp(f.detach().abs().amax(dim=1, keepdim=True))
+    f = torch.ldexp(f, -exponent)
+    return f / (
+        torch.sqrt(torch.sum(f**2, dim=1, keepdim=True))
+        + torch.ldexp(torch.full_like(exponent, eps, dtype=f.dtype), -exponent)
     )
 
 
@@ -127,8 +140,21 @@ class LPIPSEncoder(FrozenEncoder):
             )
         if check_range:
             check_pixel_range(target, "The LPIPS target", (-1.0, 1.0))
-        dist = self.metric(pred.to(self.dtype), target.to(self.dtype))
-        return at_least_float32(dist.reshape(pred.shape[0]))
+        return self._distance(pred.to(self.dtype), target.to(self.dtype))
+
+    def _distance(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The package's LPIPS v0.1 formula, with the feature normalisation and what follows it in float32
+        (under autocast the trunk's features are bf16) and safe for features of any finite magnitude."""
+        m = self.metric
+        features = m.net.forward(m.scaling_layer(pred)), m.net.forward(m.scaling_layer(target))
+        total = None
+        for k, (a, b) in enumerate(zip(*features)):
+            diff = (_unit_channels(a) - _unit_channels(b)) ** 2
+            conv = m.lins[k].model[-1]  # the calibrated 1x1 head (its dropout is off in eval mode)
+            with torch.autocast(diff.device.type, enabled=False):
+                layer = F.conv2d(diff, conv.weight.to(diff.dtype)).mean(dim=(2, 3), keepdim=True)
+            total = layer if total is None else total + layer
+        return total.reshape(pred.shape[0])
 
     def extra_repr(self) -> str:
         return f"net={self.net}, channels_last={self.channels_last}"

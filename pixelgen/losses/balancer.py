@@ -47,8 +47,8 @@ class Balancer(nn.Module):
 
     ``no_gradient``: when P has no gradient at W (no sample passed the noise gate), ``"original"`` (default)
     takes the ratio against a zero gradient, as the original does with its mask-multiplied terms: d is clamped
-    to ``max_weight`` and w jumps towards it; ``"keep"`` leaves w unchanged (such a batch says nothing about
-    the perceptual gradient).
+    to ``max_weight`` and w jumps towards it; ``"keep"`` leaves w unchanged when that gradient is absent or
+    zero (such a batch says nothing about the perceptual gradient).
 
     Differences from the original, both on purpose: ``d`` is averaged over processes when torch.distributed
     is initialised (``sync=True``), so every rank uses the same weight; and ``w`` is part of the state dict
@@ -110,22 +110,17 @@ class Balancer(nn.Module):
         ]
         zero = torch.zeros((), device=param.device)
         ref_norm = zero if grads[0] is None else grads[0].detach().float().norm()
-        has_ratio = grads[1] is not None or self.no_gradient == "original"
-        if has_ratio:
-            percept_norm = zero if grads[1] is None else grads[1].detach().float().norm()
-            ratio = (ref_norm / (percept_norm + self.eps)).clamp(0.0, self.max_weight)
-            stats = torch.stack([ratio, torch.ones((), device=param.device)])
-        else:
-            stats = torch.zeros(2, device=param.device)
+        percept_norm = zero if grads[1] is None else grads[1].detach().float().norm()
+        ratio = (ref_norm / (percept_norm + self.eps)).clamp(0.0, self.max_weight)
+        # "keep": a zero gradient (a masked-out graph) counts as none, so both gating computations agree
+        has_ratio = (percept_norm > 0).float() if self.no_gradient == "keep" else torch.ones_like(ratio)
+        stats = torch.stack([ratio * has_ratio, has_ratio])  # (ratio, 1) from a rank that has one, else (0, 0)
         if self.sync and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(stats)
-            total, ranks = stats[0], stats[1]
-            new = self.momentum * self.value + (1.0 - self.momentum) * (total / ranks.clamp_min(1.0))
-            self.value.copy_(torch.where(ranks > 0, new, self.value))
-            self.count.add_((ranks > 0).long())
-        elif has_ratio:
-            self.value.copy_(self.momentum * self.value + (1.0 - self.momentum) * stats[0])
-            self.count.add_(1)
+        total, ranks = stats[0], stats[1]
+        new = self.momentum * self.value + (1.0 - self.momentum) * (total / ranks.clamp_min(1.0))
+        self.value.copy_(torch.where(ranks > 0, new, self.value))
+        self.count.add_((ranks > 0).long())
         return self.value
 
     def get_extra_state(self) -> dict[str, Any]:

@@ -28,7 +28,17 @@ from ..registry import registries
 from .context import LossContext
 from .path import x_to_v
 
-__all__ = ["LossTerm", "register_term", "FlowMatchingTerm", "RepaTerm", "LpipsTerm", "PDinoTerm", "PDINO_GATING"]
+__all__ = [
+    "LossTerm",
+    "register_term",
+    "cosine_distance",
+    "power_of_two_normalised",
+    "FlowMatchingTerm",
+    "RepaTerm",
+    "LpipsTerm",
+    "PDinoTerm",
+    "PDINO_GATING",
+]
 
 
 class LossTerm(nn.Module):
@@ -60,9 +70,22 @@ def register_term(name: str):
     return decorator
 
 
-def _cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean over tokens of ``1 - cos`` for (B, N, D) token sets."""
-    return (1.0 - F.cosine_similarity(at_least_float32(a), at_least_float32(b), dim=-1)).mean(dim=1)
+def power_of_two_normalised(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """``x`` in float32 (float64 kept), divided along ``dim`` by the power of two at its largest magnitude.
+
+    Scaling by a power of two is exact, so a scale-invariant quantity computed from the result (a cosine, a
+    unit vector) has the same bits as from ``x``, but squares of bf16 activations of 1e20 no longer overflow.
+    """
+    x = at_least_float32(x)
+    _, exponent = torch.frexp(x.detach().abs().amax(dim=dim, keepdim=True))
+    return torch.ldexp(x, -exponent)
+
+
+def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean over tokens of ``1 - cos`` for (B, N, D) token sets, in float32 whatever the autocast
+    dtype of ``a`` and ``b`` (REPA and P-DINO), safe for activations of any finite magnitude."""
+    cos = F.cosine_similarity(power_of_two_normalised(a), power_of_two_normalised(b), dim=-1)
+    return (1.0 - cos).mean(dim=1)
 
 
 @register_term("flow_matching")
@@ -178,7 +201,7 @@ class RepaTerm(LossTerm):
                 f"REPA pairs backbone tokens with {self.encoder_role} tokens one to one, but got backbone features of shape "
                 f"{tuple(feat.shape)} and targets of shape {tuple(target.shape)}; the encoder's base_patch_size must equal the backbone patch size."
             )
-        return _cosine_distance(self.proj[0](feat), target)
+        return cosine_distance(self.proj[0](feat), target)
 
 
 @register_term("lpips")
@@ -258,7 +281,7 @@ class PDinoTerm(LossTerm):
 
     def per_sample(self, ctx: LossContext) -> torch.Tensor:
         pred = ctx.encoder(self.encoder_role)((ctx.x_hat + 1.0) / 2.0, layers=self.layers, check_range=False)
-        return _cosine_distance(pred, ctx.clean_features(self.encoder_role, self.layers))
+        return cosine_distance(pred, ctx.clean_features(self.encoder_role, self.layers))
 
     def extra_repr(self) -> str:
         return f"gating={self.gating!r}"
