@@ -39,6 +39,9 @@ def test_example_plugin_loads_beside_a_broken_one(tmp_path, caplog):
         with torch.no_grad():
             out = tiny(torch.randn(1, 3, 32, 32), torch.rand(1), torch.tensor([3]))
         assert out.shape == (1, 3, 32, 32)
+        # the backbone protocol the objective reads
+        assert (tiny.hidden_size, tiny.patch_size) == (384, 16)
+        assert tiny.balance_parameter() is tiny.final_layer.linear.weight
         errors = plugin_errors()
         assert "deliberately broken" in errors["broken_backbone"] and "example_backbone" not in errors
         assert any("broken_backbone" in r.getMessage() for r in caplog.records)

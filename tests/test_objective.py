@@ -475,3 +475,16 @@ def test_objective_built_from_the_model_reads_the_backbone_protocol(dino, lpips_
     nameless = nn.Linear(2, 2)
     with pytest.raises(TypeError, match=r"reads hidden_size from the backbone, but Linear.hidden_size is None"):
         build_objective("jit_repa", model=nameless, encoders={"dinov2": dino})
+
+
+def test_bf16_autocast_objective_values_are_float32_finite_and_close_to_float32(dino, lpips_net):
+    model = tiny_jit()
+    obj = objective(dino, lpips_net, percept_t_threshold=0.0)
+    b = batch(4)
+    with torch.no_grad():
+        full = obj(model, b, generator=torch.Generator().manual_seed(3))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = obj(model, b, generator=torch.Generator().manual_seed(3))
+    assert all(v.dtype == torch.float32 for v in half.values()) and bool(Objective.all_finite(half))
+    for key, value in full.items():
+        torch.testing.assert_close(half[key], value, rtol=0.05, atol=0.02)

@@ -16,11 +16,14 @@ from torch import nn
 from pixelgen.registry import registries
 from pixelgen.utils.checks import check_device
 
+from .base import Backbone, backbone_of
 from .common import values_checked_by_caller
 from .jit import JIT_PRESETS, JiT, build_jit
 from .jit_t2i import JIT_T2I_PRESETS, JiTT2I, build_jit_t2i
 
 __all__ = [
+    "Backbone",
+    "backbone_of",
     "JIT_PRESETS",
     "JIT_T2I_PRESETS",
     "JiT",

@@ -1,4 +1,8 @@
-"""Example pixelgen plugin: a small class-to-image JiT registered as ``jit_s_16``."""
+"""Example pixelgen plugin: a small class-to-image JiT registered as ``jit_s_16``.
+
+Being a JiT, it states the backbone protocol (``hidden_size``, ``patch_size``, ``balance_parameter()``) through
+the JiT class; a new family would subclass ``pixelgen.backbones.Backbone`` and state them on its class.
+"""
 
 from __future__ import annotations
 
