@@ -28,7 +28,7 @@ PRESET_ALIASES = {"+lpips": "jit_repa_lpips", "+lpips+pdino": "jit_repa_lpips_pd
 _DOCS = {
     "jit_repa": "JiT + REPA: x-prediction flow matching and REPA (λ 0.5).",
     "jit_repa_lpips": "+ LPIPS over all samples (λ 1.0).",
-    "jit_repa_lpips_pdino": "+ LPIPS + P-DINO over all samples (no gating, no adaptive weight).",
+    "jit_repa_lpips_pdino": "+ LPIPS + P-DINO over all samples (λ 1.0 each; no gating, no adaptive weight).",
     "pixelgen": "PixelGen: all four terms, perceptual terms gated at t >= 0.3, adaptive weight from step 400k.",
 }
 
