@@ -148,7 +148,10 @@ def test_default_threads_respect_affinity_quota_and_omp(monkeypatch, tmp_path):
     monkeypatch.setattr("pixelgen.cli.common._cgroup_cpu_limit", lambda: None)
     assert available_cpus() == 4
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert default_threads() == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun processes on this machine share the CPUs
+    assert default_threads() == 2
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert default_threads() == 3
 

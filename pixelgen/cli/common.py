@@ -208,11 +208,14 @@ def available_cpus() -> int:
 
 
 def default_threads() -> int:
-    """``OMP_NUM_THREADS`` when set (the user's explicit choice), else the CPUs this process may use."""
+    """``OMP_NUM_THREADS`` when set (the user's explicit choice), else the CPUs this process may use, shared
+    among the processes torchrun started on this machine (``LOCAL_WORLD_SIZE``)."""
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) >= 1:
         return int(env)
-    return available_cpus()
+    local = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
+    share = int(local) if local.isdigit() and int(local) >= 1 else 1
+    return max(1, available_cpus() // share)
 
 
 def apply_threads(threads: int | None) -> int:
