@@ -189,6 +189,26 @@ def test_demo_set_input_checks():
         DemoDataset(8, samples_per_class=0)
     with pytest.raises(IndexError, match="out of range"):
         DemoDataset(8, samples_per_class=1)[10]
+    with pytest.raises(ValueError, match="0 < low <= high <= 1"):
+        DemoDataset(8, crop_scale=(0.5, 1.5))
+    with pytest.raises(ValueError, match="0 < low <= high <= 1"):
+        DemoDataset(8, crop_scale=(0.8, 0.5))
+    with pytest.raises(TypeError, match="pair of numbers"):
+        DemoDataset(8, crop_scale=0.5)
+
+
+def test_demo_crop_scale_bounds_the_variety_of_a_class():
+    def spread(data):  # mean per-pixel standard deviation within each class
+        x = data.pixels.float().view(data.num_classes, data.samples_per_class, -1)
+        return float(x.std(dim=1).mean())
+
+    wide = DemoDataset(16, samples_per_class=6)
+    whole = DemoDataset(16, samples_per_class=6, crop_scale=[1.0, 1.0])  # JSON configs give lists
+    assert whole.crop_scale == (1.0, 1.0)
+    assert spread(whole) < 0.5 * spread(wide)
+    # A square photograph cropped whole is the same image every time.
+    astronaut = whole.pixels[: whole.samples_per_class]
+    assert all(torch.equal(astronaut[0], a) for a in astronaut)
 
 
 # -- epoch sampler ------------------------------------------------------------------------------------

@@ -126,28 +126,49 @@ def test_missing_or_malformed_imagenet_folder_is_reported(recipe, capsys, tmp_pa
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_demo_runs_end_to_end_and_leaves_its_outputs(recipe, capsys, caplog, tmp_path):
+FAST = [
+    "--set",
+    "max_steps=6",
+    "--set",
+    "data.batch_size=8",
+    "--set",
+    "sample.params.num_steps=2",
+    "--set",
+    "sample.num_images=4",
+    "--set",
+    "log_every=2",
+    "--set",
+    "ckpt_every=4",
+]
+
+
+@pytest.fixture
+def quick_recognition(monkeypatch):
+    """The closing recognition figure with a few samples and classifier steps (the real demo: 20 and 300)."""
+    import pixelgen.eval.recognition as recognition
+
+    monkeypatch.setattr(recognition, "DEMO_PER_CLASS", 1)
+    monkeypatch.setattr(recognition, "DEMO_CLASSIFIER_STEPS", 5)
+
+
+def test_demo_runs_end_to_end_and_leaves_its_outputs(recipe, capsys, caplog, tmp_path, quick_recognition):
     out = tmp_path / "demo"
-    fast = [
-        "--set",
-        "max_steps=6",
-        "--set",
-        "data.batch_size=8",
-        "--set",
-        "sample.params.num_steps=2",
-        "--set",
-        "sample.num_images=4",
-        "--set",
-        "log_every=2",
-        "--set",
-        "ckpt_every=4",
-    ]
     with caplog.at_level(logging.WARNING, logger="pixelgen.recipe"):
-        assert recipe.main(["--demo", "--out", str(out), *fast]) == 0
-    summary = json.loads(capsys.readouterr().out)
+        assert recipe.main(["--demo", "--out", str(out), *FAST]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
     assert summary["step"] == 6 and summary["stopped"] == "max_steps"
-    # Offline test machine: both frozen encoders fell back to random weights, and said so.
-    assert "RANDOM weights" in caplog.text and "RANDOM trunk" in caplog.text
+    # Plain flow matching: no frozen encoders, so no random-weight stand-ins either.
+    assert "RANDOM" not in caplog.text
+    config = json.loads((out / "config.json").read_text())
+    assert config["objective"]["overrides"]["losses"] == ["flow_matching"]
+    assert "encoders" not in config["objective"]["overrides"]
+
+    # The closing figure: printed, in the summary and in the run folder.
+    recognition = json.loads((out / "recognition.json").read_text())
+    assert recognition["samples"] == 10 and set(recognition["per_class"]) >= {"cat", "coins"}
+    assert summary["recognised"] == recognition["recognised"] and 0.0 <= summary["recognised"] <= 1.0
+    assert "Recognised" in captured.err and "of 10 class-conditional samples" in captured.err
 
     state = load_training_checkpoint(out)
     assert state["step"] == 6 and state["config"]["name"] == "demo"
@@ -155,8 +176,6 @@ def test_demo_runs_end_to_end_and_leaves_its_outputs(recipe, capsys, caplog, tmp
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [2, 4, 6] and all(r["loss"] > 0 for r in rows)
     assert (out / "loss_curve.png").is_file()
-    config = json.loads((out / "config.json").read_text())
-    assert config["objective"]["overrides"]["encoders"]["dinov2"]["weights"] == "random"
 
     # The exported EMA weights load with pixelgen.load_pretrained and equal the checkpoint's EMA.
     model = pixelgen.load_pretrained(out / "export")
@@ -164,6 +183,17 @@ def test_demo_runs_end_to_end_and_leaves_its_outputs(recipe, capsys, caplog, tmp
         assert torch.equal(model.state_dict()[key], value), key
 
     # --resume continues the same run.
-    assert recipe.main(["--demo", "--out", str(out), *fast, "--set", "max_steps=8", "--resume"]) == 0
+    assert recipe.main(["--demo", "--out", str(out), *FAST, "--set", "max_steps=8", "--resume"]) == 0
     assert json.loads(capsys.readouterr().out)["step"] == 8
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")][-1] == 8
+
+
+def test_demo_with_the_pixelgen_objective_falls_back_to_random_encoders(recipe, capsys, tmp_path, quick_recognition):
+    out = tmp_path / "demo"
+    assert recipe.main(["--preset", "demo_pixelgen", "--out", str(out), *FAST, "--set", "max_steps=2"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 2
+    # Offline test machine: both frozen encoders fell back to random weights.
+    encoders = json.loads((out / "config.json").read_text())["objective"]["overrides"]["encoders"]
+    assert encoders["dinov2"]["weights"] == "random" and encoders["lpips"]["weights"] == "random"
+    assert {"repa", "lpips", "pdino"} <= set(read_metrics(out / "metrics.jsonl")[-1])
+    assert (out / "recognition.json").is_file()

@@ -56,8 +56,21 @@ def _photograph(loader: str) -> Image.Image:
     return Image.fromarray(pixels[..., :3].astype(np.uint8)).convert("RGB")
 
 
+def check_crop_scale(crop_scale: object) -> tuple[float, float]:
+    """A (low, high) pair with 0 < low <= high <= 1: the crop side as a fraction of the photograph's short side."""
+    try:
+        low, high = (float(v) for v in crop_scale)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise TypeError(f"crop_scale must be a pair of numbers (low, high), got {crop_scale!r}.") from None
+    if not 0.0 < low <= high <= 1.0:
+        raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got ({low}, {high}).")
+    return low, high
+
+
 @functools.lru_cache(maxsize=8)
-def _render(resolution: int, samples_per_class: int, seed: int) -> torch.Tensor:
+def _render(
+    resolution: int, samples_per_class: int, seed: int, crop_scale: tuple[float, float] = _CROP_SCALE
+) -> torch.Tensor:
     """(classes * samples_per_class, 3, R, R) uint8 crops, class-major; the same for the same arguments."""
     rng = np.random.default_rng(seed)
     crops = []
@@ -65,7 +78,7 @@ def _render(resolution: int, samples_per_class: int, seed: int) -> torch.Tensor:
         photo = _photograph(loader)
         short = min(photo.size)
         for _ in range(samples_per_class):
-            side = max(1, int(short * rng.uniform(*_CROP_SCALE)))
+            side = max(1, int(short * rng.uniform(*crop_scale)))
             x = int(rng.integers(0, photo.width - side + 1))
             y = int(rng.integers(0, photo.height - side + 1))
             crop = adm_center_crop(photo.crop((x, y, x + side, y + side)), resolution)
@@ -78,11 +91,20 @@ class DemoDataset(Dataset):
     """Class-labelled crops of scikit-image's photographs (10 classes, ``samples_per_class`` each).
 
     Crop positions and sizes come from ``seed`` only, so the dataset is identical on every machine and run.
-    Returns ``{"image", "raw", "label"}`` samples like the ImageNet folder. ``flip=True`` adds a random
+    ``crop_scale`` bounds the crop side as a fraction of the photograph's short side (default from a detail
+    to the whole frame; ``(1.0, 1.0)`` is the whole photograph's centre square, every crop alike). Returns ``{"image", "raw", "label"}`` samples like the ImageNet folder. ``flip=True`` adds a random
     horizontal flip (torch RNG), off by default as for ImageNet.
     """
 
-    def __init__(self, resolution: int = 32, *, samples_per_class: int = 32, seed: int = 0, flip: bool = False) -> None:
+    def __init__(
+        self,
+        resolution: int = 32,
+        *,
+        samples_per_class: int = 32,
+        seed: int = 0,
+        flip: bool = False,
+        crop_scale: tuple[float, float] = _CROP_SCALE,
+    ) -> None:
         self.resolution = check_resolution(resolution)
         if not 8 <= self.resolution <= 512:
             raise ValueError(f"The demo dataset's resolution must lie between 8 and 512 pixels, got {self.resolution}.")
@@ -91,7 +113,8 @@ class DemoDataset(Dataset):
         self.samples_per_class = samples_per_class
         self.seed = int(seed)
         self.flip = bool(flip)
-        self.pixels = _render(self.resolution, samples_per_class, self.seed)
+        self.crop_scale = check_crop_scale(crop_scale)
+        self.pixels = _render(self.resolution, samples_per_class, self.seed, self.crop_scale)
 
     @property
     def class_names(self) -> list[str]:
