@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from posthoc_helpers import TinyFeatures, posthoc_config, reference_images, train_run
 
 from pixelgen.cli import main
@@ -201,3 +202,21 @@ def test_sample_records_its_precision_and_software_versions(tmp_path):
         assert manifest["precision"] == precision and manifest["seed"] == 0
         assert manifest["autocast"] == (None if precision == "fp32" else "torch.bfloat16")
         assert {"torch", "pixelgen", "python"} <= set(manifest["versions"])
+
+
+def test_the_classic_ema_joins_the_sweep_at_the_same_step(trained, tmp_path):
+    import pixelgen
+    from pixelgen.train import load_training_checkpoint
+
+    run, ref = trained
+    common = dict(reference=ref, guidance=[1.0], num=4, sampler="euler", sampler_params={"num_steps": 1})
+    common.update(inception=TinyFeatures(), cache_dir=tmp_path / "cache", progress=False)
+    result = run_sweep(run, tmp_path / "s", ema=[0.07, "classic"], **common)
+    assert [r["ema"] for r in result.rows] == ["0.07", "classic"]
+    classic = next(r for r in result.rows if r["ema"] == "classic")
+    assert classic["reconstruction"]["step"] == 16 and classic["reconstruction"]["decay"] == 0.9
+    model = pixelgen.load_pretrained(classic["model"])
+    ema = load_training_checkpoint(run)["ema"]
+    assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
+    with pytest.raises(FileNotFoundError, match="No training checkpoint"):
+        run_sweep(run, tmp_path / "t", ema=["classic"], step=8, **common)

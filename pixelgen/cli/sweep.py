@@ -25,6 +25,11 @@ def _float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _ema_list(text: str) -> list[float | str]:
+    items = [v.strip() for v in text.split(",") if v.strip()]
+    return [v if v == "classic" else _float_list(v)[0] for v in items]
+
+
 def _interval(text: str) -> tuple[float, float]:
     import argparse
 
@@ -41,7 +46,12 @@ def add_parser(subparsers):
     p.add_argument("source", metavar="RUN_OR_MODEL", help="training run with post-hoc EMA snapshots, or a model folder")
     p.add_argument("--ref", required=True, help="reference images or statistics (as for pixelgen eval)")
     p.add_argument("--out", required=True, help="sweep folder (resumable)")
-    p.add_argument("--ema", type=_float_list, default=None, help="relative EMA widths, e.g. 0.05,0.07,0.1 (runs only)")
+    p.add_argument(
+        "--ema",
+        type=_ema_list,
+        default=None,
+        help="relative EMA widths, e.g. 0.05,0.07,0.1, and 'classic' for the run's classic EMA (runs only)",
+    )
     p.add_argument("--guidance", type=_float_list, required=True, help="guidance scales, e.g. 1.5,2,2.5")
     p.add_argument(
         "--interval",
@@ -89,7 +99,7 @@ def add_parser(subparsers):
 def run(args) -> int:
     import torch
 
-    from pixelgen.eval.sweep import run_sweep
+    from pixelgen.eval.sweep import ema_order, run_sweep
     from pixelgen.registry import registries
 
     preset = registries.sampling_preset.build(args.preset) if args.preset else {"sampler": "heun", "params": {}}
@@ -139,7 +149,7 @@ def run(args) -> int:
     print(f"{len(result.rows)} settings ({result.reused} read back, {result.computed} computed):")
     for row in sorted(
         result.rows,
-        key=lambda r: (float("inf") if r["ema"] == "model" else float(r["ema"]), r["interval"], r["guidance"]),
+        key=lambda r: (ema_order(r["ema"]), r["interval"], r["guidance"]),
     ):
         mark = "  <- best" if row["key"] == result.best["key"] else ""
         print(

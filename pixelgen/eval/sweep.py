@@ -37,7 +37,7 @@ import torch
 from pixelgen.utils.io import atomic_save_json, atomic_write
 from pixelgen.utils.versions import software_versions
 
-__all__ = ["SweepSetting", "SweepResult", "run_sweep", "PRECISIONS", "final_commands"]
+__all__ = ["SweepSetting", "SweepResult", "run_sweep", "plot_sweep", "PRECISIONS", "final_commands", "ema_order"]
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +109,43 @@ def _check_manifest(out: Path, manifest: Mapping[str, Any]) -> None:
         atomic_save_json(dict(manifest), path)
 
 
+def _classic_model(source: Path, step: int, out: Path) -> tuple[Path, dict[str, Any]]:
+    """The run's classic EMA at ``step`` (from the training checkpoint of that step) as a model folder."""
+    from pixelgen.backbones import build_model
+    from pixelgen.checkpoint import save_pretrained
+    from pixelgen.train.checkpointing import load_training_checkpoint
+
+    folder = out / "models" / "ema_classic"
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        record = json.loads((folder / "config.json").read_text()).get("classic_ema")
+        if record and record.get("step") == step:
+            return folder, record
+    for path in (source / "checkpoints" / f"step_{step:07d}.pt", source / "checkpoints" / "latest.pt"):
+        if path.is_file():
+            state = load_training_checkpoint(path)
+            if int(state["step"]) == step:
+                break
+    else:
+        raise FileNotFoundError(
+            f"No training checkpoint of {source} is at step {step}, so its classic EMA cannot be compared there; "
+            "give --step of a kept checkpoint (checkpoints/step_*.pt) or of the latest one."
+        )
+    # the backbone as the snapshots name it (the live model's arch/config; the config file may name another
+    # when a model was passed to the trainer directly)
+    from pixelgen.train.posthoc_ema import backbone_of
+
+    arch, config = backbone_of(source)
+    model = build_model(arch, device="meta", **config)
+    model.load_state_dict(state["ema"], strict=True, assign=True)
+    record = {"step": step, "decay": state["config"].get("ema_decay"), "checkpoint": str(path)}
+    save_pretrained(model, folder, extra={"classic_ema": record})
+    return folder, record
+
+
 def _ema_models(
-    source: Path, kind: str, emas: list[float] | None, step: int | None, out: Path
+    source: Path, kind: str, emas: list[float] | None, classic: bool, step: int | None, out: Path
 ) -> dict[str, tuple[Path, dict[str, Any] | None]]:
-    """label -> (model folder, reconstruction record)."""
+    """label -> (model folder, record of how its weights were made)."""
     if kind == "model":
         meta = json.loads((source / "config.json").read_text())
         return {"model": (source, meta.get("posthoc_ema"))}
@@ -131,6 +164,8 @@ def _ema_models(
             export_reconstruction(source, sigma, folder, step=step)
             record = json.loads((folder / "config.json").read_text())["posthoc_ema"]
         models[label] = (folder, record)
+    if classic:
+        models["classic"] = _classic_model(source, step, out)
     return models
 
 
@@ -180,9 +215,9 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, me
         groups.setdefault((r["ema"], tuple(r["interval"])), []).append(r)
     fig, ax = plt.subplots(figsize=(7.0, 4.5), dpi=120)
     styles = ["-", "--", ":", "-."]
-    for (ema, interval), pts in sorted(groups.items(), key=lambda kv: (_ema_order(kv[0][0]), kv[0][1])):
+    for (ema, interval), pts in sorted(groups.items(), key=lambda kv: (ema_order(kv[0][0]), kv[0][1])):
         pts = sorted(pts, key=lambda r: r["guidance"])
-        label = f"EMA σ_rel={ema}" if ema != "model" else "model's EMA"
+        label = {"model": "model's EMA", "classic": "classic EMA"}.get(ema, f"EMA σ_rel={ema}")
         if len(intervals) > 1:
             label += f", interval ({interval[0]:g}, {interval[1]:g}]"
         ax.plot(
@@ -215,11 +250,12 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, me
     return Path(path)
 
 
-def _ema_order(label: str) -> float:
+def ema_order(label: str) -> tuple[float, str]:
+    """Sort key of EMA labels: widths by value, then the classic EMA and a model's own."""
     try:
-        return float(label)
+        return float(label), ""
     except ValueError:
-        return math.inf
+        return math.inf, label
 
 
 def _sample_flags(sampler: str, params: Mapping[str, Any]) -> list[str]:
@@ -308,7 +344,8 @@ def run_sweep(
 ) -> SweepResult:
     """Run (or resume) the sweep described in the module doc and return its table.
 
-    ``guidance``/``intervals``/``ema``: the grid (``ema`` are relative widths for a run; None for a model).
+    ``guidance``/``intervals``/``ema``: the grid (``ema``: relative widths for a run, and ``"classic"`` for the
+    run's classic EMA at the same step, read from its training checkpoint of that step; None for a model).
     ``sampler``/``sampler_params``: everything else the sampler takes (guidance and its interval come from the
     grid). ``inception``/``dinov2``: ready feature extractors (tests), else built from ``*_weights``
     (None: the offline-first rule; ``"random"`` only when asked). ``on_setting_done``: called with each new row.
@@ -331,23 +368,25 @@ def run_sweep(
     for lo, hi in intervals:
         if len((lo, hi)) != 2 or not 0.0 <= lo < hi <= 1.0:
             raise ValueError(f"A guidance interval must be (min, max) with 0 <= min < max <= 1, got ({lo}, {hi}).")
-    emas = _floats(ema, "ema") if ema else None
+    classic = any(e == "classic" for e in ema or [])
+    widths = [e for e in ema or [] if e != "classic"]
+    emas = _floats(widths, "ema") if widths else None
     base_params = {
         k: v
         for k, v in dict(sampler_params or {}).items()
         if k not in ("guidance", "guidance_interval_min", "guidance_interval_max")
     }
     kind = _source_kind(source)
-    if kind == "model" and emas:
+    if kind == "model" and (emas or classic):
         raise ValueError(
             f"{source} is one exported model; --ema widths need a training run with post-hoc EMA snapshots."
         )
     if kind == "run":
-        if not emas:
+        if not emas and not classic:
             raise ValueError(f"{source} is a training run: give the EMA widths to compare (--ema 0.05,0.1).")
         from pixelgen.train.posthoc_ema import sigma_rel_to_gamma
 
-        for sigma in emas:
+        for sigma in emas or []:
             sigma_rel_to_gamma(sigma)  # range check, one sentence
     step = _resolved_step(source, kind, step)
     inception, dinov2, feature_tag = _feature_networks(
@@ -372,7 +411,7 @@ def run_sweep(
     }
     out.mkdir(parents=True, exist_ok=True)
     _check_manifest(out, shared)
-    models = _ema_models(source, kind, emas, step, out)
+    models = _ema_models(source, kind, emas, classic, step, out)
 
     settings = [SweepSetting(label, g, iv) for label in models for iv in intervals for g in guidance]
     rows: list[dict[str, Any]] = []

@@ -65,6 +65,7 @@ __all__ = [
     "PostHocEMA",
     "Snapshot",
     "list_snapshots",
+    "backbone_of",
     "Reconstruction",
     "reconstruct",
     "export_reconstruction",
@@ -463,6 +464,18 @@ def load_snapshot(snap: Snapshot, dtype: torch.dtype = torch.float64) -> tuple[d
         "averaged": json.loads(first_meta["averaged"]),
     }
     return state, info
+
+
+def backbone_of(run_dir: str | os.PathLike) -> tuple[str, dict[str, Any]]:
+    """``(arch, config)`` of the backbone whose snapshots ``run_dir`` holds (as ``build_model`` takes them)."""
+    snaps = list_snapshots(run_dir)
+    if not snaps:
+        raise FileNotFoundError(f"{snapshot_dir(run_dir)} holds no complete post-hoc EMA snapshot yet.")
+    meta = _read_metadata(snaps[-1].files[0])
+    arch, config = json.loads(meta["arch"]), json.loads(meta["config"])
+    if not isinstance(arch, str) or not isinstance(config, dict):
+        raise ValueError(f"The snapshots of {run_dir} do not name the backbone (arch/config).")
+    return arch, config
 
 
 @dataclass
