@@ -64,6 +64,8 @@ def test_frozen_encoders_stay_out_of_state_dict_and_parameters_but_move_with_the
     moving.to(torch.float64)
     assert enc_dino.dtype == torch.float64 and moving.encoders["lpips"].dtype == torch.float64
     assert moving.terms["repa"].proj[0][0].weight.dtype == torch.float64
+    assert moving.balancer.value.dtype == torch.float64  # the adaptive weight moves with the objective
+    assert not list(moving.buffers())  # but is no buffer: DDP would broadcast it from rank 0 every step
 
 
 def _gating_run(dino, lpips_net, t, compute, pdino_gating="intended", **overrides):

@@ -80,9 +80,15 @@ class Balancer(nn.Module):
         self.start_step, self.every = start_step, every
         self.max_weight, self.momentum, self.eps = max_weight, momentum, eps
         self.param_name, self.no_gradient, self.sync = param_name, no_gradient, sync
-        # Device tensors (moved by .to(), saved through get_extra_state): reading them is the only host sync.
-        self.register_buffer("value", torch.ones((), dtype=torch.float32), persistent=False)
-        self.register_buffer("count", torch.zeros((), dtype=torch.int64), persistent=False)
+        # Device tensors, moved by .to() and saved through get_extra_state; reading them is the only host sync.
+        # Not buffers: DDP would broadcast buffers from rank 0 at every forward.
+        self.value = torch.ones((), dtype=torch.float32)
+        self.count = torch.zeros((), dtype=torch.int64)
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        self.value, self.count = fn(self.value), fn(self.count)
+        return self
 
     @property
     def weight(self) -> float:
