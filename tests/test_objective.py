@@ -474,6 +474,8 @@ def test_objective_built_from_the_model_reads_the_backbone_protocol(dino, lpips_
 
     with pytest.raises(NotImplementedError, match="does not name its balance_parameter"):
         build_objective("pixelgen", model=Silent(hidden_size=16), encoders={"dinov2": dino, "lpips": lpips_net})
+    with pytest.raises(TypeError, match="model must be the backbone"):
+        build_objective("jit_repa", model="jit_b_16", encoders={"dinov2": dino})
     nameless = nn.Linear(2, 2)
     with pytest.raises(TypeError, match=r"reads hidden_size from the backbone, but Linear.hidden_size is None"):
         build_objective("jit_repa", model=nameless, encoders={"dinov2": dino})

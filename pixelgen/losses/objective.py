@@ -116,6 +116,8 @@ class Objective(nn.Module):
         term_options = {k: dict(v) for k, v in dict(term_options or {}).items()}
         encoders = dict(encoders or {})
         if model is not None:
+            if not isinstance(model, nn.Module):
+                raise TypeError(f"model must be the backbone (a torch.nn.Module), got {type(model).__name__}.")
             facts = backbone_facts(model)
             if hidden_size is not None and hidden_size != facts["hidden_size"]:
                 raise ValueError(
@@ -251,9 +253,10 @@ class Objective(nn.Module):
         """One objective evaluation on ``batch`` (``image`` in [-1, 1], ``raw`` in [0, 1], ``cond``, optional ``uncond``).
 
         ``raw`` defaults to ``(image + 1) / 2`` when absent. ``step`` is the global step (for the balancer);
-        ``generator`` makes dropout, t and noise reproducible (drawn in that order). With ``batch['seeds']`` ((B,) int64, the trainer's
-        ``per_sample_noise``) sample i's t, noise and dropout come from a CPU generator seeded with ``seeds[i]``
-        (in that order), independent of how a global batch is split across processes.
+        ``generator`` makes dropout, t and noise reproducible (drawn in that order). With ``batch['seeds']``
+        ((B,) int64, the trainer's ``per_sample_noise``) sample i's t, noise and dropout come from a CPU
+        generator seeded with ``seeds[i]`` (in that order), independent of how a global batch is split across
+        processes.
         """
         if not isinstance(batch, Mapping):
             raise TypeError(f"batch must be a dict with 'image', 'raw' and 'cond', got {type(batch).__name__}.")
