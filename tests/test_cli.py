@@ -329,7 +329,7 @@ def test_data_sets_classes_resolution_and_overrides(tmp_path, capsys):
     assert cfg["data"]["batch_size"] == 3 and cfg["model"]["name"] == "jit_b_16"
     # --demo --data DIR trains the demo model on the folder (it used to fail on an unexpected 'root').
     cfg = printed(capsys, ["train", "--demo", "--data", str(data), "--print-config"])
-    assert cfg["data"]["dataset"] == "imagenet" and cfg["data"]["root"] == str(data)
+    assert cfg["data"]["dataset"] == "imagenet" and cfg["data"]["root"] == str(data) and cfg["data"]["options"] == {}
     assert cfg["data"]["class_names"] == ["circle", "square", "star"] and cfg["model"]["overrides"]["num_classes"] == 3
     flat = image_folder(tmp_path / "faces", None)
     cfg = printed(capsys, ["train", "--data", str(flat), "--print-config"])

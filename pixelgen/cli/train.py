@@ -159,7 +159,10 @@ def _adapt_to_data(config, layout: dict[str, Any], root: str, *, adapts: bool, o
     """Point a class-conditional config at an image folder: dataset, class names and (small presets) the class
     count of the model and the grid labels."""
     names = layout["class_names"]
-    config.data.dataset = "imagenet" if layout["kind"] == "classes" else "image_folder_flat"
+    dataset = "imagenet" if layout["kind"] == "classes" else "image_folder_flat"
+    if config.data.dataset != dataset:
+        config.data.options = {}  # options belong to the dataset they were written for (e.g. the demo set's)
+    config.data.dataset = dataset
     config.data.root = str(root)
     config.data.class_names = list(names)
     if adapts and not _set_override(overrides, "model.overrides.num_classes"):
