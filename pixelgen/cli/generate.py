@@ -106,6 +106,8 @@ def _checkpoint_kind(checkpoint: str) -> str:
     text pipeline then says what is wrong with the folder)."""
     from pixelgen.backbones import build_model
 
+    if not Path(checkpoint).exists():
+        raise FileNotFoundError(f"The checkpoint {checkpoint} does not exist.")
     config = Path(checkpoint) / "config.json"
     try:
         meta = json.loads(config.read_text())

@@ -64,7 +64,7 @@ def training_device(device: str | None = None) -> torch.device:
     if not kind.startswith("cuda"):
         return torch.device(kind)
     if not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was asked for but CUDA is not available here.")
+        raise ValueError(f"device={device!r} was asked for, but CUDA is not available on this machine.")
     return torch.device(kind if ":" in kind else f"cuda:{_env_int('LOCAL_RANK', 0)}")
 
 

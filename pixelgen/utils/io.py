@@ -91,7 +91,8 @@ def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
     try:
         return load_file(str(path), device=str(device))
     except Exception as exc:
-        raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): {exc}") from exc
+        detail = str(exc).splitlines()[0].rstrip(".") if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable safetensors file, corrupt or truncated ({detail}).") from exc
 
 
 _ZIP_MAGIC = b"PK\x03\x04"
