@@ -16,7 +16,8 @@ fixed decay, a power profile keeps its relative width as the run grows (0.05 ↔
 
 Reconstruction: snapshots ``θ̂_{γ_i}(t_i)`` of two tracked widths taken every K steps are linear in the weight
 trajectory, so a combination ``Σ x_i θ̂_i`` has the profile ``Σ x_i p_i``. The ``x`` minimising the L² distance
-between that profile and a target ``p_{γ*, t*}`` solve ``A x = b`` with the closed-form inner products
+between that profile and a target ``p_{γ*, t*}``, under ``Σ x_i = 1`` (profiles integrate to 1, so a weight that
+never moved is kept exactly), solve ``A x + λ 1 = b, 1ᵀx = 1`` with the closed-form inner products
 
     ⟨p_i, p_j⟩ = (γ_i+1)(γ_j+1) / (γ_i+γ_j+1) · min(t_i, t_j)^(γ_i+γ_j+1) / (t_i^(γ_i+1) t_j^(γ_j+1))
 
