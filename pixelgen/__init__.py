@@ -51,7 +51,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     # samplers
     "build_sampler": ("pixelgen.samplers", "build_sampler"),
     "list_samplers": ("pixelgen.samplers", "list_samplers"),
-    "generate": ("pixelgen.samplers", "generate"),
+    "generate": ("pixelgen.generate", "generate"),
     # losses / encoders / conditioners / data / training
     "build_objective": ("pixelgen.losses", "build_objective"),
     "build_encoder": ("pixelgen.encoders", "build_encoder"),

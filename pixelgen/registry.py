@@ -313,7 +313,7 @@ registries.add(Registry("conditioner", ("pixelgen.conditioners",)))
 registries.add(Registry("dataset", ("pixelgen.data",)))
 registries.add(Registry("train_preset", ("pixelgen.train.presets",)))
 registries.add(Registry("objective_preset", ("pixelgen.losses.presets",)))
-registries.add(Registry("sampling_preset", ("pixelgen.eval.generation",)))
+registries.add(Registry("sampling_preset", ("pixelgen.samplers",)))
 
 
 def get_registry(kind: str) -> Registry:

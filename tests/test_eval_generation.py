@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import pixelgen
-from pixelgen.eval.generation import SAMPLING_PRESETS, class_balanced_labels, generate_class_samples
-from pixelgen.samplers import build_sampler, generate
+from pixelgen.eval.generation import class_balanced_labels, generate_class_samples
+from pixelgen.samplers import build_sampler, generate, sampling_preset
 
 SAMPLER = {
     "num_steps": 3,
@@ -257,7 +257,7 @@ def test_presets_and_overrides():
     )
     _, params, num, _, _ = _settings(args, 1000)
     assert params["guidance"] == 1.5 and params["exact_henu"] is False and num == 100
-    assert SAMPLING_PRESETS["xl_nocfg"]["params"]["guidance"] == 1.0
+    assert sampling_preset("xl_nocfg").params["guidance"] == 1.0
     args = parser.parse_args(
         ["sample", "--checkpoint", "c", "--out", "o", "--per-class", "2"]
     )  # no preset: every class of the checkpoint

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import pixelgen
-from pixelgen.samplers import build_sampler, generate, sample_generator, to_uint8
+from pixelgen.generate import generate, to_uint8
+from pixelgen.samplers import build_sampler
+from pixelgen.seeding import generator as sample_generator
 
 
 def randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pixelgen
+from pixelgen.flow import time_grid, time_shift, time_unshift, uniform_grid
 from pixelgen.registry import registries
 from pixelgen.samplers import (
     AdamsSampler,
@@ -19,10 +20,6 @@ from pixelgen.samplers import (
     adams_coefficients,
     build_sampler,
     list_samplers,
-    shift_unwarp,
-    shift_warp,
-    time_grid,
-    uniform_grid,
 )
 from pixelgen.samplers.ode import TIME_TRANSFORMS
 
@@ -222,9 +219,9 @@ def test_grid_is_increasing_from_0_to_1(num_steps, shift, last_step):
 
 @settings(max_examples=60, deadline=None)
 @given(st.floats(0.0, 1.0), st.floats(0.05, 20.0))
-def test_shift_unwarp_inverts_warp(t, shift):
+def test_time_unshift_inverts_time_shift(t, shift):
     t = torch.tensor(t, dtype=torch.float64)
-    assert abs(shift_unwarp(shift_warp(t, shift), shift).item() - t.item()) < 1e-12
+    assert abs(time_unshift(time_shift(t, shift), shift).item() - t.item()) < 1e-12
 
 
 def test_grid_matches_spec_examples():

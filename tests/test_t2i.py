@@ -12,13 +12,10 @@ from pixelgen.backbones import build_model
 from pixelgen.checkpoint import save_pretrained
 from pixelgen.cli import main as cli_main
 from pixelgen.conditioners import build_tiny_qwen3
-from pixelgen.conditioners.pipeline import (
-    TextToImagePipeline,
-    pack_text_condition,
-    save_text_encoder_spec,
-)
-from pixelgen.samplers import build_sampler, generate
-from pixelgen.train.text import TextBatchEncoder, attach_text_mask_unpacking
+from pixelgen.conditioners.pipeline import TextToImagePipeline, save_text_encoder_spec
+from pixelgen.train.text import TextBatchEncoder, attach_text_mask_unpacking, pack_text_condition
+from pixelgen.generate import generate
+from pixelgen.samplers import build_sampler
 
 TINY_T2I = dict(
     input_size=16, patch_size=4, hidden_size=32, num_groups=2, num_blocks=2, num_text_blocks=1,
@@ -67,12 +64,24 @@ def test_padding_mask_makes_padding_irrelevant(model):
     enc = masked_encoder(["a photo of a cat", "a rocket on the launch pad", ""])
     x, t = torch.randn(3, 3, 16, 16), torch.tensor([0.2, 0.5, 0.9])
     changed = _padding_changed(enc.embeddings, enc.mask)
-    kwargs = masked_encoder.backbone_kwargs(enc)
+    condition = masked_encoder.condition(enc)
+    assert set(condition) == {"emb", "mask"} and condition["mask"] is enc.mask
     with torch.no_grad():
-        before = model(x, t, enc.embeddings, **kwargs)
-        after = model(x, t, changed, **kwargs)
+        before = model(x, t, enc.embeddings, text_mask=enc.mask)
+        after = model(x, t, changed, text_mask=enc.mask)
+        torch.testing.assert_close(model(x, t, condition), before, rtol=0, atol=0)  # the structured condition
     torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
 
+    # Through a guided sampler: the mask rides along with the condition and is batched with it.
+    sampler = build_sampler("euler", num_steps=3, guidance=3.0)
+    uncond = masked_encoder.condition(masked_encoder.unconditional(1))
+    with torch.no_grad():
+        sampled = sampler(model, x, condition, uncond)
+        sampled_changed = sampler(model, x, {"emb": changed, "mask": enc.mask}, uncond)
+    assert sampler.last_stats == {"nfe": 3, "rows": 3 + 6 + 6}  # t = 0 is outside (0, 1]: unguided
+    torch.testing.assert_close(sampled_changed, sampled, rtol=0, atol=1e-5)
+
+    # Training carries the mask as an extra channel through the objective (packed condition + hook).
     # The same through the packed condition the trainer and the samplers carry (mask as an extra channel).
     hooked = random_t2i()
     handle = attach_text_mask_unpacking(hooked)
@@ -90,7 +99,7 @@ def test_padding_mask_makes_padding_irrelevant(model):
 
 def test_padding_unmasked_by_default_as_the_original(model, encoder):
     enc = encoder(["a photo of a cat", "two apples"])
-    assert encoder.backbone_kwargs(enc) == {}
+    assert encoder.condition(enc) is enc.embeddings
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([0.3, 0.6])
     batch = TextBatchEncoder(encoder)({"image": x, "caption": ["a photo of a cat", "two apples"]})
     torch.testing.assert_close(batch["cond"], enc.embeddings, rtol=0, atol=0)
@@ -101,7 +110,7 @@ def test_padding_unmasked_by_default_as_the_original(model, encoder):
     assert not torch.allclose(original, changed, atol=1e-4)  # padding tokens do reach the backbone
     pipe = TextToImagePipeline(model, encoder)
     with torch.no_grad():
-        torch.testing.assert_close(pipe._denoiser()(x, t, pipe._condition(enc)), original, rtol=0, atol=0)
+        torch.testing.assert_close(model(x, t, pipe._condition(enc)), original, rtol=0, atol=0)
 
 
 # -- the pipeline ----------------------------------------------------------------------------------------
@@ -114,7 +123,7 @@ def test_pipeline_matches_generate_and_ignores_batching(model, encoder):
     assert one.prompts == ["a photo of a cat"] * 2 + ["a cup of coffee"] * 2
     # Noise depends on (seed, image index) only; batched kernels may still round a pixel differently.
     assert (one.images.int() - three.images.int()).abs().max() <= 1
-    # Same noise rule and numbers as pixelgen.samplers.generate (Adams-2, guidance 4, shift 3).
+    # Same noise rule and numbers as pixelgen.generate (Adams-2, guidance 4, shift 3).
     cond = encoder(one.prompts).embeddings
     reference = generate(
         model, cond, sampler=build_sampler("adams", order=2, num_steps=4, guidance=4.0, timeshift=3.0),

@@ -134,12 +134,14 @@ def test_frozen(encoder):
     assert not encoder(["a cat"]).embeddings.requires_grad
 
 
-def test_pad_mask_option_only_changes_backbone_kwargs():
+def test_pad_mask_option_only_changes_the_condition():
     plain, masked = build_tiny_qwen3(), build_tiny_qwen3(pad_mask=True)
     a, b = plain(["a cat"]), masked(["a cat"])
     torch.testing.assert_close(a.embeddings, b.embeddings)
-    assert plain.backbone_kwargs(a) == {}
-    assert torch.equal(masked.backbone_kwargs(b)["text_mask"], b.mask)
+    assert isinstance(plain.condition(a), torch.Tensor) and torch.equal(plain.condition(a), a.embeddings)
+    cond = masked.condition(b)
+    assert set(cond) == {"emb", "mask"}
+    assert torch.equal(cond["emb"], b.embeddings) and torch.equal(cond["mask"], b.mask)
 
 
 def test_input_checks(encoder):

@@ -8,6 +8,7 @@ RoPE on text). adaLN is conditioned on the timestep alone. Parameter names equal
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -161,7 +162,8 @@ class JiTT2I(JiTBase):
       ``x`` (B, C, H, W) with H, W multiples of ``patch_size`` (other grids than the training one work: RoPE is
       computed per grid, and the stored sin-cos table is used when the token count is the training grid's, as
       the original does, else regenerated; see ``grid_positions``); ``t`` (B,) in [0, 1]; ``y`` (B,
-      txt_max_length, txt_embed_dim) text embeddings. ``return_layer=k`` also returns the image tokens at the
+      txt_max_length, txt_embed_dim) text embeddings, or the structured text condition ``{"emb": embeddings,
+      "mask": text_mask}`` (what the samplers batch and pass on). ``return_layer=k`` also returns the image tokens at the
       input of image block k, (B, N, hidden).
       ``text_mask`` (B, txt_max_length) bool, True for real tokens: None (default) reproduces the original,
       which attends to padding tokens everywhere. When given, padding keys are masked in the text-refiner
@@ -249,6 +251,12 @@ class JiTT2I(JiTBase):
         return_layer: int | None = None,
         text_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(y, Mapping):
+            if "emb" not in y:
+                raise KeyError(
+                    f"A structured text condition needs 'emb' (and optionally 'mask'), got keys {sorted(y)}."
+                )
+            y, text_mask = y["emb"], y.get("mask", text_mask)
         if self.check_inputs:
             grid_h, grid_w = self._check_image_and_time(x, t)
             self._check_text(y, text_mask, x.shape[0])

@@ -26,11 +26,14 @@ HELP = (
     " (class-to-image checkpoint: Heun, 50 steps)"
 )
 
-# The defaults of each kind of model: the released T2I model's, and those of `pixelgen sample` for class models.
-_DEFAULTS = {
-    "text": {"sampler": "adams", "steps": 25, "guidance": 4.0, "shift": 3.0},
-    "class": {"sampler": "heun", "steps": 50, "guidance": 1.0, "shift": 1.0},
-}
+def _default_preset(kind: str):
+    """Text models: the registered ``t2i_default`` sampling preset (the released model's); class models: those of
+    `pixelgen sample` (Heun, 50 steps, no guidance, shift 1)."""
+    from pixelgen.samplers import SamplingPreset, sampling_preset
+
+    if kind == "text":
+        return sampling_preset("t2i_default")
+    return SamplingPreset("heun", {"num_steps": 50, "guidance": 1.0, "timeshift": 1.0})
 
 
 def add_parser(subparsers):
@@ -63,7 +66,7 @@ def add_parser(subparsers):
     p.add_argument(
         "--shift", type=positive_float, default=None, help="time shift of the grid (default 3 text, 1 class)"
     )
-    p.add_argument("--order", type=positive_int, default=2, help="Adams order (1-4)")
+    p.add_argument("--order", type=positive_int, default=None, help="Adams order 1-4 (default 2)")
     p.add_argument("--height", type=positive_int, default=None, help="default: the training resolution")
     p.add_argument("--width", type=positive_int, default=None, help="default: the training resolution")
     p.add_argument(
@@ -117,19 +120,18 @@ def _checkpoint_kind(checkpoint: str) -> str:
 
 
 def _sampler_settings(args, kind: str) -> dict:
-    defaults = _DEFAULTS[kind]
-    name = args.sampler or defaults["sampler"]
-    settings = {
-        "sampler": name,
-        "num_steps": defaults["steps"] if args.steps is None else args.steps,
-        "guidance": defaults["guidance"] if args.guidance is None else args.guidance,
-        "timeshift": defaults["shift"] if args.shift is None else args.shift,
-    }
+    """The sampler and its parameters: explicit options over the default preset (those the sampler takes)."""
+    from pixelgen.samplers import sampler_parameters
+
+    preset = _default_preset(kind)
+    name = args.sampler or preset.sampler
+    accepted = sampler_parameters(name)
+    settings = {k: v for k, v in preset.params.items() if k in accepted}
+    explicit = {"num_steps": args.steps, "guidance": args.guidance, "timeshift": args.shift, "order": args.order}
+    settings.update({k: v for k, v in explicit.items() if v is not None and k in accepted})
     if args.interval:
         settings["guidance_interval_min"], settings["guidance_interval_max"] = args.interval
-    if name == "adams":
-        settings["order"] = args.order
-    return settings
+    return {"sampler": name, **settings}
 
 
 def _size(args) -> tuple[int | None, int | None]:

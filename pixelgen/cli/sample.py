@@ -34,7 +34,7 @@ def add_parser(subparsers):
     p.add_argument(
         "--preset",
         choices=registries.sampling_preset.list(),
-        help="the paper's settings: xl_cfg (Heun 50, CFG 2.25 on (0.1, 0.9], shift 2), xl_nocfg (same, no CFG), l_euler (Euler 50)",
+        help="the paper's settings: xl_cfg (Heun 50, CFG 2.25 on (0.1, 0.9], shift 2), xl_nocfg (same, no CFG), l_euler50 (Euler 50), t2i_default (Adams-2 25, CFG 4, shift 3)",
     )
     p.add_argument(
         "--num-samples",
@@ -104,18 +104,15 @@ def add_parser(subparsers):
     return p
 
 
-def _settings(args, num_classes: int, base: dict | None = None) -> tuple[str, dict, int, int, int | None]:
-    """(sampler, params, num, per_class, expected classes): explicit arguments over the preset over ``base``."""
-    from pixelgen.registry import registries
+def _settings(args, num_classes: int, base=None) -> tuple[str, dict, int, int, int | None]:
+    """(sampler, params, num, per_class, expected classes): explicit arguments over the preset over ``base``
+    (a :class:`~pixelgen.samplers.SamplingPreset`); the preset's parameters the sampler does not take are left out."""
+    from pixelgen.samplers import SamplingPreset, sampler_parameters, sampling_preset
 
-    preset = (
-        registries.sampling_preset.build(args.preset) if args.preset else (base or {"sampler": "heun", "params": {}})
-    )
-    sampler = args.sampler or preset["sampler"]
-    params = dict(preset["params"])
+    preset = sampling_preset(args.preset) if args.preset else (base or SamplingPreset("heun"))
+    sampler = args.sampler or preset.sampler
+    params = {k: v for k, v in preset.params.items() if k in sampler_parameters(sampler)}
     params.setdefault("num_steps", 50)
-    if sampler != "adams":
-        params.pop("order", None)
     explicit = {
         "num_steps": args.steps,
         "guidance": args.guidance,
@@ -131,9 +128,9 @@ def _settings(args, num_classes: int, base: dict | None = None) -> tuple[str, di
         if args.lazy_heun:
             raise ValueError("--lazy-heun applies to the heun sampler only.")
         params.pop("exact_henu", None)
-    per_class = args.per_class or preset.get("per_class", 50)
-    num = args.num_samples or preset.get("num") or per_class * num_classes
-    expected = args.num_classes if args.num_classes is not None else preset.get("num_classes")
+    per_class = args.per_class or preset.per_class or 50
+    num = args.num_samples or preset.num or per_class * num_classes
+    expected = args.num_classes if args.num_classes is not None else preset.num_classes
     return sampler, params, num, per_class, expected
 
 
@@ -141,7 +138,8 @@ def _run_prompt_set(args, info) -> int:
     import torch
 
     from pixelgen.conditioners.pipeline import TextToImagePipeline
-    from pixelgen.eval.prompt_sets import T2I_EVAL_SAMPLING, generate_dpg, generate_geneval
+    from pixelgen.eval.prompt_sets import SAMPLING_PRESET, generate_dpg, generate_geneval
+    from pixelgen.samplers import sampling_preset
 
     if args.geneval and args.dpg:
         raise ValueError("Give either --geneval or --dpg, not both.")
@@ -153,7 +151,7 @@ def _run_prompt_set(args, info) -> int:
         device=info.device,
         autocast_dtype=torch.bfloat16 if args.precision == "bf16" else None,
     )
-    sampler, params, *_ = _settings(args, 0, base=T2I_EVAL_SAMPLING)
+    sampler, params, *_ = _settings(args, 0, base=sampling_preset(SAMPLING_PRESET))
     write = generate_geneval if args.geneval else generate_dpg
     out = write(
         pipe.model,

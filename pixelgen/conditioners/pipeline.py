@@ -1,10 +1,11 @@
 """Prompts → images with a text-to-image backbone and a text conditioner (what ``pixelgen generate`` runs).
 
-Defaults are the released model's (spec §5.9, §8): Adams–Bashforth order 2, 25 steps, guidance 4.0 on the
-default open interval (0, 1), time shift 3.0, bf16 autocast on CUDA. The unconditional embedding is the
-encoding of ``""`` or of the negative prompt. Image ``n`` of a call (prompt-major: ``n = prompt·num + k``)
-starts from the noise :func:`pixelgen.samplers.generate` gives sample ``n`` (a generator seeded by
-``(seed, n)`` alone), so results do not depend on the batch size.
+Defaults are the released model's (the ``t2i_default`` sampling preset: Adams–Bashforth order 2, 25 steps,
+guidance 4.0 on the open interval (0, 1), time shift 3.0), bf16 autocast on CUDA. The unconditional embedding
+is the encoding of ``""`` or of the negative prompt. Image ``n`` of a call (prompt-major: ``n = prompt·num + k``)
+starts from the noise :func:`pixelgen.generate` gives sample ``n`` (a generator seeded by ``(seed, n)`` alone),
+so results do not depend on the batch size. With the conditioner's ``pad_mask`` the condition is the mapping
+``{"emb", "mask"}``, which the samplers batch and the backbone reads.
 
 Fixes over the original demo: any height/width that is a multiple of the patch size (the original crashed
 off 512), a negative prompt that does not leak into later calls, and an optional key-padding mask.
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,19 +23,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from pixelgen.backbones import values_checked_by_caller
-from pixelgen.samplers.generate import initial_noise, to_uint8
+from pixelgen.generate import generate_batches
+from pixelgen.samplers import build_sampler, sampler_parameters, sampling_preset
 
 from .qwen3 import Qwen3TextConditioner, TextEncoding, check_prompts
 
 __all__ = [
     "TEXT_ENCODER_FILE",
-    "DEFAULT_SAMPLING",
+    "SAMPLING_PRESET",
     "GenerationResult",
     "TextToImagePipeline",
     "check_text_compatible",
-    "pack_text_condition",
-    "unpack_text_condition",
     "save_text_encoder_spec",
     "read_text_encoder_spec",
     "save_trajectory_gif",
@@ -44,7 +42,8 @@ __all__ = [
 TEXT_ENCODER_FILE = "text_encoder.json"
 """Written next to a T2I checkpoint's ``config.json``: the conditioner's ``describe()``."""
 
-DEFAULT_SAMPLING: dict[str, Any] = {"name": "adams", "order": 2, "num_steps": 25, "guidance": 4.0, "timeshift": 3.0}
+SAMPLING_PRESET = "t2i_default"
+"""The registered sampling preset of the released model (Adams-2, 25 steps, CFG 4, shift 3)."""
 
 
 def check_text_compatible(model: nn.Module, conditioner: Qwen3TextConditioner) -> None:
@@ -63,20 +62,6 @@ def check_text_compatible(model: nn.Module, conditioner: Qwen3TextConditioner) -
         raise ValueError(
             f"The checkpoint expects {model.txt_max_length} text tokens but the text encoder pads to {conditioner.max_length}."
         )
-
-
-# -- the padding mask through the samplers -----------------------------------------------------------
-# Samplers treat the condition as one opaque tensor that they concatenate along the batch (conditional and
-# unconditional halves). To carry the token mask along, it rides as one extra channel of the embeddings.
-def pack_text_condition(encoding: TextEncoding) -> torch.Tensor:
-    """(B, L, D + 1): the embeddings with the token mask (1 real, 0 padding) as a last channel."""
-    mask = encoding.mask.to(encoding.embeddings.dtype).unsqueeze(-1)
-    return torch.cat([encoding.embeddings, mask], dim=-1)
-
-
-def unpack_text_condition(cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse of :func:`pack_text_condition`: (embeddings, bool mask)."""
-    return cond[..., :-1], cond[..., -1] > 0.5
 
 
 @dataclass
@@ -167,27 +152,16 @@ class TextToImagePipeline:
         conditioner = build_conditioner_from_spec(spec, device=device, **options)
         return cls(model, conditioner, device=device, autocast_dtype=autocast_dtype)
 
-    def build_sampler(self, name: str = "adams", **params: Any):
-        from pixelgen.samplers import build_sampler
-
-        defaults = {k: v for k, v in DEFAULT_SAMPLING.items() if k != "name"}
-        if name != "adams":
-            defaults.pop("order")
+    def build_sampler(self, name: str | None = None, **params: Any):
+        """A sampler with the released model's settings (those ``name`` takes), ``params`` on top."""
+        preset = sampling_preset(SAMPLING_PRESET)
+        name = preset.sampler if name is None else name
+        accepted = sampler_parameters(name)
+        defaults = {k: v for k, v in preset.params.items() if k in accepted}
         return build_sampler(name, **{**defaults, **params})
 
-    def _denoiser(self):
-        model, masked = self.model, self.conditioner.pad_mask
-
-        def denoise(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-            if masked:
-                embeddings, mask = unpack_text_condition(cond)
-                return model(x, t, embeddings, text_mask=mask)
-            return model(x, t, cond)
-
-        return denoise
-
-    def _condition(self, encoding: TextEncoding) -> torch.Tensor:
-        return pack_text_condition(encoding) if self.conditioner.pad_mask else encoding.embeddings
+    def _condition(self, encoding: TextEncoding) -> Any:
+        return self.conditioner.condition(encoding)
 
     def _check_size(self, height: int | None, width: int | None) -> tuple[int, int]:
         size = int(self.model.input_size)
@@ -211,7 +185,7 @@ class TextToImagePipeline:
         height: int | None = None,
         width: int | None = None,
         batch_size: int = 8,
-        sampler: str = "adams",
+        sampler: str | None = None,
         return_trajectory: bool = False,
         progress: bool = False,
         output_type: str = "pt",
@@ -230,41 +204,31 @@ class TextToImagePipeline:
         h, w = self._check_size(height, width)
         run = self.build_sampler(sampler, **sampler_params)
         per_image = [p for p in prompts for _ in range(num_images_per_prompt)]
-        indices = list(range(len(per_image)))
-        channels = int(self.model.in_channels)
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else nullcontext()
+        uncond = self._condition(self.conditioner.unconditional(1, negative_prompt))
+        batches = list(
+            generate_batches(
+                self.model,
+                len(per_image),
+                lambda rows: self._condition(self.conditioner([per_image[i] for i in rows])),
+                uncond,
+                sampler=run,
+                seed=seed,
+                noise="per_index",
+                batch_size=batch_size,
+                size=(h, w),
+                device=self.device,
+                autocast_dtype=self.autocast_dtype,
+                return_trajectory=return_trajectory,
+                progress=progress,
+                desc="generate",
+            )
         )
-        images, trajectories = [], []
-        starts = range(0, len(per_image), batch_size)
-        if progress:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, desc="generate", unit="batch")
-        denoise = self._denoiser()
-        for start in starts:
-            batch_prompts = per_image[start : start + batch_size]
-            batch_indices = indices[start : start + batch_size]
-            noise, generators = initial_noise(seed, batch_indices, (channels, h, w))
-            noise = noise.to(self.device)
-            cond = self._condition(self.conditioner(batch_prompts))
-            uncond = self._condition(self.conditioner.unconditional(len(batch_prompts), negative_prompt))
-            with autocast, values_checked_by_caller():  # grid times: no host sync per network call
-                out = run(denoise, noise, cond, uncond, generator=generators, return_trajectory=return_trajectory)
-            if return_trajectory:
-                x, path = out
-                trajectories.append(to_uint8(path.transpose(0, 1)).cpu())
-            else:
-                x = out
-            images.append(to_uint8(x).cpu())
-        result = torch.cat(images)
+        result = torch.cat([b.images for b in batches])
         return GenerationResult(
             images=to_pil(result) if output_type == "pil" else result,
             prompts=per_image,
-            indices=indices,
-            trajectories=torch.cat(trajectories) if return_trajectory else None,
+            indices=list(range(len(per_image))),
+            trajectories=torch.cat([b.trajectories for b in batches]) if return_trajectory else None,
         )
 
 

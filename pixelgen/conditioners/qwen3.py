@@ -62,6 +62,11 @@ class TextEncoding:
         """Number of real tokens per prompt, (B,) long."""
         return self.mask.sum(dim=1)
 
+    def condition(self, masked: bool) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The backbone's condition: the embeddings, or ``{"emb": embeddings, "mask": mask}`` when ``masked``
+        (the samplers batch both leaves; the text-to-image backbone reads the mask as its key-padding mask)."""
+        return {"emb": self.embeddings, "mask": self.mask} if masked else self.embeddings
+
     def __len__(self) -> int:
         return self.embeddings.shape[0]
 
@@ -100,7 +105,7 @@ class Qwen3TextConditioner(nn.Module):
         embed_dim: channel width handed to the backbone; ``None`` = the encoder's hidden size. Narrower
             encoders are zero-padded and wider ones truncated, as in the original.
         pad_mask: ``False`` (default, parity) feeds padding tokens to the backbone unmasked; ``True`` makes
-            :meth:`backbone_kwargs` return ``text_mask`` so the backbone ignores them.
+            :meth:`condition` carry the mask to the backbone so it ignores them.
         output_dtype: dtype of the returned embeddings. float32 by default: the original casts to bf16 after a
             bf16 encoder, whose outputs are already bf16 values, so float32 holds them exactly and needs no
             autocast downstream.
@@ -220,9 +225,10 @@ class Qwen3TextConditioner(nn.Module):
             self._uncond_cache.move_to_end(key)
         return hit.repeat(batch_size)
 
-    def backbone_kwargs(self, encoding: TextEncoding) -> dict[str, torch.Tensor]:
-        """Keyword arguments for the backbone's forward: ``{"text_mask": mask}`` when ``pad_mask`` is on."""
-        return {"text_mask": encoding.mask} if self.pad_mask else {}
+    def condition(self, encoding: TextEncoding) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The backbone's condition for ``encoding``: with ``pad_mask`` the mapping ``{"emb", "mask"}``, else the
+        embeddings alone (the original attends to padding tokens)."""
+        return encoding.condition(self.pad_mask)
 
 
 # -- loading -----------------------------------------------------------------------------------------

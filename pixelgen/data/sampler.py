@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from ..seeding import offset_seed, seed_only
+
 __all__ = ["EpochBatchSampler", "rank_and_world_size"]
 
 
@@ -109,8 +111,7 @@ class EpochBatchSampler:
         """The epoch's global order of dataset indices (identical on every rank)."""
         if not self.shuffle:
             return torch.arange(self.num_samples)
-        g = torch.Generator()
-        g.manual_seed(self.seed + epoch)
+        g = seed_only(offset_seed(self.seed, (epoch, 1)))
         return torch.randperm(self.num_samples, generator=g)
 
     def _layout(self, start: int) -> tuple[range, int]:

@@ -3,7 +3,7 @@ and the GenEval / DPG-Bench prompt sets.
 
 >>> from pixelgen.eval import generate_class_samples, evaluate
 >>> generate_class_samples(model, "samples/xl", num=50_000, per_class=50, sampler="heun",
-...                        sampler_params=SAMPLING_PRESETS["xl_cfg"]["params"])
+...                        sampler_params=sampling_preset("xl_cfg").params)
 >>> evaluate("samples/xl/samples.npz", "VIRTUAL_imagenet256_labeled.npz")["metrics"]   # fid, sfid, IS, P/R
 
 Command line: ``pixelgen sample`` (:mod:`pixelgen.cli.sample`) and ``pixelgen eval``
@@ -15,7 +15,6 @@ from __future__ import annotations
 from .dinov2 import DinoV2Features, build_dinov2_features
 from .frechet import GaussianStats, feature_statistics, frechet_distance, trace_sqrt_product
 from .generation import (
-    SAMPLING_PRESETS,
     GenerationResult,
     check_class_count,
     class_balanced_labels,
@@ -34,7 +33,6 @@ __all__ = [
     "feature_statistics",
     "frechet_distance",
     "trace_sqrt_product",
-    "SAMPLING_PRESETS",
     "GenerationResult",
     "check_class_count",
     "class_balanced_labels",

@@ -1,7 +1,7 @@
 """Class-balanced sample sets at scale (the 50k FID protocol, spec §7.1), reproducible and resumable.
 
 * Labels: sample ``i`` has class ``i // per_class`` (50 per class for ImageNet, as the original).
-* Noise: sample ``i`` starts from noise seeded by ``(seed, i)`` alone (:func:`pixelgen.samplers.generate` with
+* Noise: sample ``i`` starts from noise seeded by ``(seed, i)`` alone (:func:`pixelgen.generate` with
   ``start_index``), so the set does not depend on batch size, process count or restarts. (The original drew
   a random seed per item, so its sets were not reproducible; spec §10.1.10.)
 * Shards: the index range is cut into fixed-size shards, each written atomically to
@@ -39,7 +39,6 @@ from pixelgen.utils.io import atomic_save_json, atomic_write
 from pixelgen.utils.versions import software_versions
 
 __all__ = [
-    "SAMPLING_PRESETS",
     "class_balanced_labels",
     "check_class_count",
     "generate_class_samples",
@@ -53,74 +52,6 @@ log = logging.getLogger(__name__)
 SAMPLES_NAME = "samples.npz"
 MANIFEST_NAME = "run.json"
 _SHARD_DIR = "shards"
-
-# The paper's ImageNet-256 settings (spec §5.9): the sampler's own parameter names, plus the set's size.
-SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
-    "xl_cfg": {  # PixelGen-XL/16, 160 epochs: FID 1.83 (Table 3)
-        "sampler": "heun",
-        "params": {
-            "num_steps": 50,
-            "exact_henu": True,
-            "guidance": 2.25,
-            "guidance_interval_min": 0.1,
-            "guidance_interval_max": 0.9,
-            "timeshift": 2.0,
-        },
-        "num": 50_000,
-        "per_class": 50,
-        "num_classes": 1000,
-    },
-    "xl_nocfg": {  # PixelGen-XL/16, 80 epochs: FID 5.11 (Table 2)
-        "sampler": "heun",
-        "params": {
-            "num_steps": 50,
-            "exact_henu": True,
-            "guidance": 1.0,
-            "guidance_interval_min": 0.1,
-            "guidance_interval_max": 0.9,
-            "timeshift": 2.0,
-        },
-        "num": 50_000,
-        "per_class": 50,
-        "num_classes": 1000,
-    },
-    "l_euler": {  # PixelGen-L/16 and the JiT baseline, 200k steps (Table 1)
-        "sampler": "euler",
-        "params": {
-            "num_steps": 50,
-            "guidance": 1.0,
-            "guidance_interval_min": 0.1,
-            "guidance_interval_max": 1.0,
-            "timeshift": 1.0,
-        },
-        "num": 50_000,
-        "per_class": 50,
-        "num_classes": 1000,
-    },
-}
-_SAMPLING_DOCS = {
-    "xl_cfg": "PixelGen-XL/16 at 160 epochs: Heun 50, CFG 2.25 on (0.1, 0.9], shift 2 (FID 1.83).",
-    "xl_nocfg": "PixelGen-XL/16 at 80 epochs: Heun 50, no CFG, shift 2 (FID 5.11).",
-    "l_euler": "PixelGen-L/16 and the JiT baseline at 200k steps: Euler 50, no CFG.",
-}
-
-
-def _register_sampling_presets() -> None:
-    """Each preset in ``registries.sampling_preset`` (``pixelgen list sampling_preset``; plugins add theirs)."""
-    import copy
-
-    from pixelgen.registry import registries
-
-    for name, settings in SAMPLING_PRESETS.items():
-
-        def builder(settings: dict[str, Any] = settings) -> dict[str, Any]:
-            return copy.deepcopy(settings)
-
-        builder.__doc__ = _SAMPLING_DOCS.get(name, "")
-        registries.sampling_preset.register(name)(builder)
-
-
-_register_sampling_presets()
 
 
 def class_balanced_labels(num: int, per_class: int) -> torch.Tensor:
@@ -235,14 +166,16 @@ def generate_class_samples(
 ) -> GenerationResult:
     """Generate (or resume) a class-balanced set in ``out_dir`` (see the module doc).
 
-    ``sampler``/``sampler_params``: a registered sampler and its parameters (the original's names).
+    ``sampler``/``sampler_params``: a registered sampler and its parameters (the original's names); the paper's
+    settings are registered sampling presets (``pixelgen.samplers.sampling_preset("xl_cfg")``).
     ``max_shards``: stop after this many new shards in this call (time-limited jobs; rerun to continue).
     ``run_info``: extra entries for ``run.json`` that identify the model (e.g. the checkpoint path); a restart
     whose entries differ is refused. Returns a :class:`GenerationResult`.
     """
     import torch.distributed as dist
 
-    from pixelgen.samplers import build_sampler, generate
+    from pixelgen.generate import generate
+    from pixelgen.samplers import build_sampler
     from pixelgen.train.distributed import barrier, broadcast_object
 
     started = time.time()

@@ -180,7 +180,7 @@ def open_images(
     source: str | os.PathLike | np.ndarray | torch.Tensor | ImageSet, *, name: str = "images", key: str = "arr_0"
 ) -> ImageSet:
     """An :class:`ImageSet` from an ADM ``.npz``/``.npy`` file, an image folder, an NHWC uint8 array, or an
-    NCHW uint8 tensor (what :func:`pixelgen.samplers.generate` returns)."""
+    NCHW uint8 tensor (what :func:`pixelgen.generate` returns)."""
     if isinstance(source, ImageSet):
         return source
     if isinstance(source, torch.Tensor):

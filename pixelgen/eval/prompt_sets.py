@@ -17,13 +17,17 @@ generation script and documentation use.
 tiled 2x2 (seed order, row-major) into ``<out>/<stem>.png``, which is what the DPG-Bench scorer splits again.
 (The original tiled into ``.jpg`` with a separate script and deleted the single images; PNG is lossless.)
 
-Noise follows the original datasets: the image with seed ``s`` starts from ``torch.randn(C, H, W)`` drawn from a
-CPU generator seeded with ``s`` (so every prompt shares the same 4 noise images); a stochastic sampler continues
-that generator. Results are independent of the batch size. Prompts whose files already exist are skipped, so an
-interrupted run resumes; files are written atomically.
+Images are made by the one generation loop (:func:`pixelgen.generate.generate_batches`). Noise follows the
+original datasets (the ``seed_only`` noise rule): the image with seed ``s`` starts from ``torch.randn(C, H, W)``
+drawn from a CPU generator seeded with ``s`` (so every prompt shares the same 4 noise images); a stochastic
+sampler continues that generator. An image's noise and conditions do not depend on the batch it lands in;
+its bytes do not either wherever the network's kernels give a row the same numbers whatever the batch (CPU
+matrix products may round a row differently at another batch size, which can move a pixel by one level; keep
+``batch_size`` fixed when a resumed run must match bit for bit). Prompts whose files already exist are skipped,
+so an interrupted run resumes; files are written atomically.
 
 The text encoder is any callable mapping a list of prompts to (B, L, D) embeddings (tests use a stand-in), or a
-:class:`pixelgen.conditioners.Qwen3TextConditioner` (its padding mask is honoured when ``pad_mask`` is on).
+:class:`pixelgen.conditioners.Qwen3TextConditioner` (its padding mask rides along as the condition ``{"emb", "mask"}`` when ``pad_mask`` is on).
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,8 @@ import numpy as np
 import torch
 
 from pixelgen.eval.grids import save_png, tile_images
+from pixelgen.generate import generate_batches, initial_noise
+from pixelgen.samplers.presets import sampling_preset
 from pixelgen.utils.io import atomic_write
 
 __all__ = [
@@ -51,16 +56,14 @@ __all__ = [
     "generate_geneval",
     "generate_dpg",
     "original_noise",
-    "T2I_EVAL_SAMPLING",
+    "SAMPLING_PRESET",
 ]
 
 log = logging.getLogger(__name__)
 
-# The sampler the released text-to-image model was evaluated with (spec §5.9): Adams-2, 25 steps, CFG 4, shift 3.
-T2I_EVAL_SAMPLING: dict[str, Any] = {
-    "sampler": "adams",
-    "params": {"order": 2, "num_steps": 25, "guidance": 4.0, "timeshift": 3.0},
-}
+SAMPLING_PRESET = "t2i_default"
+"""The registered sampling preset the released text-to-image model was evaluated with (Adams-2, 25 steps, CFG 4,
+shift 3)."""
 DEFAULT_SEEDS = (0, 1, 2, 3)
 
 
@@ -114,10 +117,10 @@ def read_dpg_prompts(folder: str | os.PathLike) -> list[PromptItem]:
 
 
 def original_noise(seed: int, shape: Sequence[int]) -> tuple[torch.Tensor, torch.Generator]:
-    """The original datasets' noise for one image: ``randn(shape)`` from a CPU generator seeded with ``seed``;
-    returns the generator too (a stochastic sampler continues it)."""
-    gen = torch.Generator().manual_seed(int(seed))
-    return torch.randn(tuple(shape), generator=gen), gen
+    """The original datasets' noise for one image: ``randn(shape)`` from a CPU generator seeded with ``seed``
+    (the ``seed_only`` rule); returns the generator too (a stochastic sampler continues it)."""
+    noise, (gen,) = initial_noise(0, [seed], shape, rule="seed_only")
+    return noise[0], gen
 
 
 class _TextConditions:
@@ -128,38 +131,24 @@ class _TextConditions:
         self.negative_prompt = negative_prompt
         self.masked = bool(getattr(encoder, "pad_mask", False))
 
-    def _tensor(self, out: Any, batch: int) -> torch.Tensor:
+    def _condition(self, out: Any, batch: int) -> Any:
         if hasattr(out, "embeddings"):  # a TextEncoding: carry the mask along when the conditioner wants it
-            if self.masked:
-                from pixelgen.conditioners.pipeline import pack_text_condition
-
-                return pack_text_condition(out)
-            out = out.embeddings
-        if not isinstance(out, torch.Tensor) or out.ndim != 3 or out.shape[0] != batch or not out.is_floating_point():
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            out = out.condition(self.masked)
+        emb = out["emb"] if isinstance(out, Mapping) else out
+        if not isinstance(emb, torch.Tensor) or emb.ndim != 3 or emb.shape[0] != batch or not emb.is_floating_point():
+            got = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
             raise ValueError(f"The text encoder must return (B, L, D) float embeddings for {batch} prompts, got {got}.")
         return out
 
-    def cond(self, prompts: list[str]) -> torch.Tensor:
-        return self._tensor(self.encoder(prompts), len(prompts))
+    def cond(self, prompts: list[str]) -> Any:
+        return self._condition(self.encoder(prompts), len(prompts))
 
-    def uncond(self) -> torch.Tensor:
-        """One row (1, L, D): the same for every sample, so it is encoded once per run and broadcast by the sampler."""
+    def uncond(self) -> Any:
+        """One row: the same for every sample, so it is encoded once per run and broadcast by the sampler."""
         unconditional = getattr(self.encoder, "unconditional", None)
         if callable(unconditional):
-            return self._tensor(unconditional(1, self.negative_prompt), 1)
-        return self._tensor(self.encoder([self.negative_prompt or ""]), 1)
-
-    def denoiser(self, model: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-        if not self.masked:
-            return model
-        from pixelgen.conditioners.pipeline import unpack_text_condition
-
-        def denoise(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-            embeddings, mask = unpack_text_condition(cond)
-            return model(x, t, embeddings, text_mask=mask)
-
-        return denoise
+            return self._condition(unconditional(1, self.negative_prompt), 1)
+        return self._condition(self.encoder([self.negative_prompt or ""]), 1)
 
 
 def _check_text_model(model: torch.nn.Module) -> None:
@@ -185,45 +174,41 @@ def _render(
     progress: bool,
 ) -> Iterator[tuple[PromptItem, int, np.ndarray]]:
     """(item, seed, uint8 (H, W, 3) image) for each (prompt, seed) job, in order, sampled in batches."""
-    from tqdm.auto import tqdm
-
     from pixelgen.samplers import build_sampler
-    from pixelgen.samplers.generate import to_uint8
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     run = build_sampler(sampler, **dict(sampler_params))
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    h, w = height or int(model.input_size), width or int(model.input_size)
-    shape = (int(model.in_channels), h, w)
-    texts = _TextConditions(encoder, negative_prompt)
-    denoise = texts.denoiser(model)
-    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
     if not jobs:
         return
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), tqdm(total=len(jobs), unit="img", desc="prompt set", disable=not progress) as bar:
-            uncond = texts.uncond().to(device)
-            for first in range(0, len(jobs), batch_size):
-                batch = jobs[first : first + batch_size]
-                drawn = [original_noise(seed, shape) for _, seed in batch]
-                noise = torch.stack([n for n, _ in drawn]).to(device)
-                cond = texts.cond([item.prompt for item, _ in batch]).to(device)
-                with autocast:
-                    x = run(denoise, noise, cond, uncond, generator=[g for _, g in drawn])
-                images = to_uint8(x).cpu().permute(0, 2, 3, 1).numpy()
-                for (item, seed), image in zip(batch, images):
-                    yield item, seed, image
-                bar.update(len(batch))
-    finally:
-        model.train(was_training)
+    texts = _TextConditions(encoder, negative_prompt)
+    h, w = height or int(model.input_size), width or int(model.input_size)
+    with torch.inference_mode():
+        uncond = texts.uncond()
+    batches = generate_batches(
+        model,
+        len(jobs),
+        lambda rows: texts.cond([jobs[i][0].prompt for i in rows]),
+        uncond,
+        sampler=run,
+        noise="seed_only",
+        noise_keys=[seed for _, seed in jobs],
+        batch_size=batch_size,
+        size=(h, w),
+        device=device,
+        autocast_dtype=autocast_dtype,
+        progress=progress,
+        desc="prompt set",
+    )
+    for batch in batches:
+        for j, image in zip(batch.rows, batch.images.permute(0, 2, 3, 1).numpy()):
+            yield jobs[j][0], jobs[j][1], image
 
 
 def _sampling(sampler: str | None, sampler_params: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
     if sampler is None:
-        return T2I_EVAL_SAMPLING["sampler"], {**T2I_EVAL_SAMPLING["params"], **dict(sampler_params or {})}
+        preset = sampling_preset(SAMPLING_PRESET)
+        return preset.sampler, {**preset.params, **dict(sampler_params or {})}
     return sampler, dict(sampler_params or {})
 
 

@@ -1,6 +1,6 @@
 """The PixelGen training objective and its parts (spec §4).
 
-* :mod:`~pixelgen.losses.path`: linear path, logit-normal / uniform time sampling, x->v, CFG dropout;
+* :mod:`~pixelgen.losses.path`: CFG condition dropout (the path, time sampling and x->v are in :mod:`pixelgen.flow`);
 * :mod:`~pixelgen.losses.terms`: loss terms registered in ``registries.loss`` (``flow_matching``, ``repa``,
   ``lpips``, ``pdino``; plugins add more through the ``pixelgen`` entry point);
 * :class:`Objective` / :func:`build_objective`: weighted terms, noise gating, adaptive perceptual weight
@@ -10,10 +10,11 @@
 
 from __future__ import annotations
 
+from ..flow import interpolate, sample_t, time_shift, x_to_v
 from .balancer import Balancer
 from .context import LossContext
 from .objective import DEFAULT_ENCODERS, GATING_COMPUTE, UPSTREAM_LOG_NAMES, Objective
-from .path import drop_condition, interpolate, sample_t, time_shift, x_to_v
+from .path import drop_condition
 from .presets import PRESET_ALIASES, PRESETS, build_objective, list_presets
 from .terms import PDINO_GATING, FlowMatchingTerm, LossTerm, LpipsTerm, PDinoTerm, RepaTerm, register_term
 

@@ -15,11 +15,13 @@ from ..backbones.base import backbone_facts
 from ..backbones.common import value_checks_skipped, values_checked_by_caller
 from ..encoders import build_encoder
 from ..encoders.base import at_least_float32, check_pixel_ranges
+from ..flow import _interpolate, sample_t
 from ..registry import registries
+from ..seeding import draw as _draw
 from ..utils.checks import check_image_batch, check_labels, check_loss_weight, check_same_shape, check_timesteps
 from .balancer import Balancer, balance_parameter
 from .context import LossContext
-from .path import _draw, _interpolate, drop_condition, sample_t
+from .path import drop_condition
 
 __all__ = ["Objective", "GATING_COMPUTE", "DEFAULT_ENCODERS", "UPSTREAM_LOG_NAMES"]
 

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..encoders.base import at_least_float32
+from ..flow import T_EPS, x_to_v
 from ..registry import registries
 from .context import LossContext
-from .path import x_to_v
 
 __all__ = [
     "LossTerm",
@@ -96,7 +96,7 @@ class FlowMatchingTerm(LossTerm):
     x-space MSE weighted by ``1/max(1-t, t_eps)²`` (capped at 400 for t_eps = 0.05).
     """
 
-    def __init__(self, t_eps: float = 0.05):
+    def __init__(self, t_eps: float = T_EPS):
         super().__init__()
         if not 0.0 < t_eps <= 1.0:
             raise ValueError(f"t_eps must lie in (0, 1], got {t_eps!r}.")

@@ -1,23 +1,35 @@
-"""Classifier-free guidance with a time interval, in velocity space (spec §5.2).
+"""Classifier-free guidance with a time interval, in velocity space, over structured conditions.
 
 The original doubles the batch on every evaluation, even with guidance 1. Here a step runs the doubled batch
 only when guidance is active at that step; otherwise it pushes the conditional rows alone. When it doubles,
 the halves are ordered (unconditional, conditional) exactly as the original, in one batched call.
+
+A condition is a tensor (class labels (B,), text embeddings (B, L, D)) or a mapping of conditions (e.g.
+``{"emb": (B, L, D), "mask": (B, L)}``): doubling concatenates leaf by leaf, so whatever rides along with the
+condition (a padding mask) reaches the denoiser batched like it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from .grids import velocity_divisor
+from ..flow import velocity_divisor
 
-__all__ = ["GuidanceInterval", "GuidedDenoiser", "Denoiser", "check_guidance"]
+__all__ = [
+    "GuidanceInterval",
+    "GuidedDenoiser",
+    "Denoiser",
+    "check_guidance",
+    "check_condition",
+    "cat_conditions",
+    "slice_condition",
+    "map_condition",
+]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
@@ -50,12 +62,65 @@ class GuidanceInterval:
                 f"guidance_interval_max ({self.t_max})."
             )
 
-    def contains(self, t: float) -> bool:
-        """Compared in float32, as the original compares its float32 time tensor with the Python bounds
-        (so a grid time of float32(0.2) is *not* above a bound of 0.2)."""
-        t, lo, hi = np.float32(t), np.float32(self.t_min), np.float32(self.t_max)
+    def contains(self, t: float, dtype: torch.dtype = torch.float32) -> bool:
+        """Compared in ``dtype`` (the noise's), as the original compares its time tensor, which has the noise's
+        dtype, with the Python bounds: in float32 a grid time of float32(0.2) is *not* above a bound of 0.2."""
+        t, lo, hi = (torch.tensor(v, dtype=dtype) for v in (t, self.t_min, self.t_max))
         upper_ok = t <= hi if self.include_max else t < hi
         return bool(lo < t and upper_ok)
+
+
+# -- structured conditions --------------------------------------------------------------------------------
+def map_condition(fn: Callable[[torch.Tensor], torch.Tensor], cond: Any) -> Any:
+    """``fn`` applied to every tensor leaf of a condition (a tensor or a mapping of conditions)."""
+    if isinstance(cond, Mapping):
+        return {k: map_condition(fn, v) for k, v in cond.items()}
+    return fn(cond)
+
+
+def slice_condition(cond: Any, rows: slice | torch.Tensor) -> Any:
+    """Rows of a condition (every leaf indexed alike)."""
+    return map_condition(lambda c: c[rows], cond)
+
+
+def cat_conditions(first: Any, second: Any) -> Any:
+    """Two conditions of the same structure concatenated along the batch, leaf by leaf."""
+    if isinstance(first, Mapping):
+        return {k: cat_conditions(first[k], second[k]) for k in first}
+    return torch.cat([first, second])
+
+
+def check_condition(cond: Any, name: str, batch: int, like: Any = None) -> Any:
+    """A tensor or mapping of tensors with ``batch`` rows per leaf (``uncond``: or one row, broadcast). With
+    ``like`` (the conditional condition), the structure and per-sample shapes must match it."""
+    if isinstance(cond, Mapping):
+        if not cond:
+            raise ValueError(f"{name} is an empty mapping; a structured condition needs at least one tensor.")
+        if like is not None and (not isinstance(like, Mapping) or set(like) != set(cond)):
+            raise ValueError(
+                f"{name} must have the keys of cond ({', '.join(sorted(like)) if isinstance(like, Mapping) else 'a tensor'})."
+            )
+        return {
+            k: check_condition(v, f"{name}[{k!r}]", batch, None if like is None else like[k]) for k, v in cond.items()
+        }
+    if not isinstance(cond, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a tensor (class labels (B,), text embeddings (B, L, D)) or a mapping of tensors, "
+            f"got {type(cond).__name__}."
+        )
+    if like is not None and not isinstance(like, torch.Tensor):
+        raise ValueError(f"{name} must have the structure of cond (a mapping), got a tensor.")
+    rows = cond.shape[0] if cond.ndim else 0
+    if rows != batch and not (like is not None and rows == 1):
+        raise ValueError(f"{name} has {rows} rows but the noise batch has {batch}.")
+    if like is not None:
+        if cond.shape[1:] != like.shape[1:]:
+            raise ValueError(
+                f"{name} must match cond's shape per sample, got {tuple(cond.shape)} for cond {tuple(like.shape)}."
+            )
+        if rows == 1 and batch != 1:
+            cond = cond.expand(batch, *cond.shape[1:])
+    return cond
 
 
 class GuidedDenoiser:
@@ -74,6 +139,8 @@ class GuidedDenoiser:
         uncond: Any,
         scale: float,
         t_eps: float,
+        *,
+        record: bool = False,
     ) -> None:
         self.denoiser = denoiser
         self.cond = cond
@@ -85,6 +152,20 @@ class GuidedDenoiser:
         self.step = 0
         self._both_conds: Any = None
         self._finite_flags: list[tuple[int, float, torch.Tensor]] = []
+        self.record = record
+        self.step_x_hat: torch.Tensor | None = None
+        self._step_point: tuple[torch.Tensor, float] | None = None
+
+    def begin_step(self, i: int, x: torch.Tensor, t: float) -> None:
+        """Step ``i`` starts at (x, t): errors name it, and with ``record`` its guided x̂ there is kept."""
+        self.step = i
+        self.step_x_hat = None
+        self._step_point = (x, t) if self.record else None
+
+    def _keep(self, x: torch.Tensor, t: float, cond: torch.Tensor, uncond: torch.Tensor | None) -> None:
+        point = self._step_point
+        if point is not None and self.step_x_hat is None and x is point[0] and t == point[1]:
+            self.step_x_hat = cond if uncond is None else uncond + self.scale * (cond - uncond)
 
     def _call(self, x: torch.Tensor, t: float, cond: Any) -> torch.Tensor:
         # float32 as the original, or wider when x is (float64 for numerical tests).
@@ -106,11 +187,12 @@ class GuidedDenoiser:
     def x_hats(self, x: torch.Tensor, t: float, guide: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(x̂ conditional, x̂ unconditional or None): one call of B rows, or one call of 2B rows when guided."""
         if not guide:
-            return self._call(x, t, self.cond), None
-        if self._both_conds is None:
-            self._both_conds = torch.cat([self.uncond, self.cond])
-        x_hat = self._call(torch.cat([x, x]), t, self._both_conds)
-        x_hat_uncond, x_hat_cond = x_hat.chunk(2)
+            x_hat_cond, x_hat_uncond = self._call(x, t, self.cond), None
+        else:
+            if self._both_conds is None:
+                self._both_conds = cat_conditions(self.uncond, self.cond)
+            x_hat_uncond, x_hat_cond = self._call(torch.cat([x, x]), t, self._both_conds).chunk(2)
+        self._keep(x, t, x_hat_cond, x_hat_uncond)
         return x_hat_cond, x_hat_uncond
 
     def velocity(self, x: torch.Tensor, t: float, guide: bool) -> torch.Tensor:

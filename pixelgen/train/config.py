@@ -89,6 +89,12 @@ class OptimConfig:
     fused: bool | None = None  # None: fused on CUDA, the plain implementation elsewhere
 
 
+def _preset_params(name: str) -> dict[str, Any]:
+    from ..samplers.presets import sampling_preset
+
+    return dict(sampling_preset(name).params)
+
+
 @dataclass
 class SampleConfig:
     """Periodic sample grids from the EMA model (fixed labels and noise, so grids compare over time).
@@ -97,16 +103,7 @@ class SampleConfig:
     """
 
     sampler: str = "heun"
-    params: dict[str, Any] = field(
-        default_factory=lambda: {
-            "num_steps": 50,
-            "timeshift": 2.0,
-            "guidance": 2.25,
-            "guidance_interval_min": 0.1,
-            "guidance_interval_max": 0.9,
-            "exact_henu": True,
-        }
-    )
+    params: dict[str, Any] = field(default_factory=lambda: _preset_params("xl_cfg"))
     every: int = 100_000
     num_images: int = 16
     labels: list[int] | None = None

@@ -49,22 +49,15 @@ def list_train_presets(pattern: str = "*") -> list[str]:
     return registries.train_preset.list(pattern)
 
 
-# -- sample-grid samplers ----------------------------------------------------------------------------------
-HEUN_XL = {
-    "num_steps": 50,
-    "timeshift": 2.0,
-    "guidance": 2.25,
-    "guidance_interval_min": 0.1,
-    "guidance_interval_max": 0.9,
-    "exact_henu": True,
-}
-EULER_L = {
-    "num_steps": 50,
-    "timeshift": 1.0,
-    "guidance": 1.0,
-    "guidance_interval_min": 0.1,
-    "guidance_interval_max": 1.0,
-}
+# -- sample-grid samplers: the registered sampling presets -------------------------------------------------
+def _sampling(name: str) -> dict[str, Any]:
+    from ..samplers.presets import sampling_preset
+
+    return dict(sampling_preset(name).params)
+
+
+HEUN_XL = _sampling("xl_cfg")
+EULER_L = _sampling("l_euler50")
 # A fixed spread of ImageNet classes for the grids (the same labels and noise at every step, so grids compare).
 GRID_LABELS = [88, 207, 279, 360, 387, 417, 972, 979, 1, 130, 250, 291, 292, 323, 812, 980]
 
@@ -328,8 +321,8 @@ GRID_PROMPTS: tuple[str, ...] = (
     "a black and white photo of an old train station",
     "a watercolor painting of a fox in the snow",
 )
-EULER_VALIDATION = {"num_steps": 100, "guidance": 4.0, "timeshift": 1.0}  # validation of both pretraining stages
-ADAMS_RELEASE = {"order": 2, "num_steps": 25, "guidance": 4.0, "timeshift": 3.0}  # SFT / GenEval / demo app
+EULER_VALIDATION = _sampling("t2i_validation")  # validation of both pretraining stages
+ADAMS_RELEASE = _sampling("t2i_default")  # SFT / GenEval / demo app
 
 
 def t2i_stage(

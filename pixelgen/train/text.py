@@ -4,8 +4,8 @@ config has a ``text`` section (``TrainConfig.text``: encoder, ``pad_mask``, grid
 * :class:`TextBatchEncoder` turns dataset batches (``caption`` lists) into objective batches: ``cond`` = the
   caption embeddings, ``uncond`` = the ``""`` embedding (what the CFG dropout swaps in, spec §4.10).
 * With the conditioner's ``pad_mask`` on, the token mask rides as an extra channel of ``cond`` and
-  :func:`attach_text_mask_unpacking` makes the backbone unpack it into ``text_mask=`` (the objective and the
-  samplers then carry it along without knowing about it).
+  :func:`attach_text_mask_unpacking` makes the backbone unpack it into ``text_mask=`` (the objective then
+  carries it along without knowing about it; sample grids go through the pipeline's structured condition).
 * :class:`T2ITrainer` samples grids from fixed prompts with the prompts written under each image, writes
   ``text_encoder.json`` into the export folder (so ``pixelgen generate`` rebuilds the same encoder) and gives
   a streaming caption dataset a fresh seed on resume (a stream cannot be resumed at a position).
@@ -21,20 +21,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..conditioners.pipeline import (
-    TextToImagePipeline,
-    check_text_compatible,
-    pack_text_condition,
-    save_text_encoder_spec,
-    unpack_text_condition,
-)
-from ..conditioners.qwen3 import Qwen3TextConditioner, check_prompts
+from ..conditioners.pipeline import TextToImagePipeline, check_text_compatible, save_text_encoder_spec
+from ..conditioners.qwen3 import Qwen3TextConditioner, TextEncoding, check_prompts
 from .metrics import save_image_grid
 from .trainer import Trainer
 
 __all__ = ["TextBatchEncoder", "attach_text_mask_unpacking", "T2ITrainer"]
 
 log = logging.getLogger(__name__)
+
+
+# The objective batches one condition tensor per sample (CFG dropout swaps rows), so in training the mask rides
+# as one extra channel of the embeddings; sampling carries it as the structured condition {"emb", "mask"}.
+def pack_text_condition(encoding: TextEncoding) -> torch.Tensor:
+    """(B, L, D + 1): the embeddings with the token mask (1 real, 0 padding) as a last channel."""
+    mask = encoding.mask.to(encoding.embeddings.dtype).unsqueeze(-1)
+    return torch.cat([encoding.embeddings, mask], dim=-1)
+
+
+def unpack_text_condition(cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`pack_text_condition`: (embeddings, bool mask)."""
+    return cond[..., :-1], cond[..., -1] > 0.5
 
 
 class TextBatchEncoder:

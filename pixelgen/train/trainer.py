@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..seeding import offset_seed, sample_seeds, seed_only
 from ..utils.io import atomic_save_json
 from .checkpointing import CheckpointManager, capture_rng_state, load_training_checkpoint, restore_rng_state
 from .config import TrainConfig, check_against_model
@@ -56,9 +57,6 @@ from .metrics import MetricsLogger, plot_loss_curve, read_metrics, save_image_gr
 __all__ = ["Trainer", "TrainModules", "TrainResult", "TrainingDiverged", "train", "autocast_dtype_for", "sample_seeds"]
 
 log = logging.getLogger(__name__)
-
-# An odd 64-bit constant (the golden-ratio increment of splitmix64) as a signed int64, so products wrap like C.
-_SEED_MIX = 0x9E3779B97F4A7C15 - (1 << 64)
 
 
 class TrainingDiverged(RuntimeError):
@@ -92,12 +90,6 @@ def autocast_dtype_for(precision: str, device: torch.device) -> torch.dtype | No
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
-
-
-def sample_seeds(seed: int, first_index: int, count: int) -> torch.Tensor:
-    """One 63-bit seed per global sample index ``first_index .. first_index + count - 1`` (pure function)."""
-    idx = torch.arange(first_index, first_index + count, dtype=torch.int64)
-    return ((idx + 1) * _SEED_MIX + seed) & ((1 << 62) - 1)
 
 
 def default_batch_transform(batch: dict[str, Any]) -> dict[str, Any]:
@@ -375,8 +367,8 @@ class Trainer:
         inner = getattr(self.loader, "loader", self.loader)
         if isinstance(inner, torch.utils.data.DataLoader):
             epoch = int(getattr(getattr(self.loader, "sampler", None), "epoch", 0))
-            inner.generator = torch.Generator().manual_seed(
-                self.config.seed * 1_000_003 + self.dist.rank * 7919 + epoch
+            inner.generator = seed_only(
+                offset_seed(0, (self.config.seed, 1_000_003), (self.dist.rank, 7919), (epoch, 1))
             )
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -589,7 +581,8 @@ class Trainer:
         everyone = self.config.strategy == "fsdp" and self.dist.distributed  # sharded EMA: every rank must run
         path = None
         if self.dist.is_main or everyone:
-            from ..samplers import build_sampler, generate
+            from ..generate import generate
+            from ..samplers import build_sampler
 
             labels = self.grid_labels()
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
