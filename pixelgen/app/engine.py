@@ -152,7 +152,7 @@ class _Watched:
         self.rows = 0
 
     def __call__(self, denoiser, noise, cond, uncond=None, *, generator=None, return_trajectory=False):
-        from pixelgen.samplers.generate import to_uint8
+        from pixelgen.generate import to_uint8
 
         batch = noise.shape[0]
         scale = float(getattr(self.sampler, "guidance", 1.0))

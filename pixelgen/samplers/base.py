@@ -188,7 +188,9 @@ class Sampler:
                     trajectory.append(x)
             model.raise_if_not_finite()
         except FloatingPointError as exc:  # name a non-finite input rather than blame the denoiser
-            raise_if_inputs_not_finite({"noise": noise, **_named_leaves(cond, "cond"), **_named_leaves(uncond, "uncond")}, exc)
+            raise_if_inputs_not_finite(
+                {"noise": noise, **_named_leaves(cond, "cond"), **_named_leaves(uncond, "uncond")}, exc
+            )
             raise
         self.last_stats = {"nfe": model.calls, "rows": model.rows}
         if trajectory is not None:
