@@ -260,6 +260,18 @@ def test_every_registered_sampler_keeps_the_contract(name):
     check_sampler_contract(name)
 
 
+def test_errors_name_the_step():
+    sampler = build_sampler("heun", num_steps=3)
+    calls = []
+
+    def bad(x, t, cond):
+        calls.append(1)
+        return x if len(calls) < 4 else x[:1]
+
+    with pytest.raises(ValueError, match=r"got \(1, 2\) at step 1 \(t = "):
+        sampler(bad, torch.zeros(2, 2), torch.tensor([0, 1]))
+
+
 def test_sampler_parameters_come_from_the_signatures():
     params = sampler_parameters("adams")
     assert params["order"] == (int, 2) and params["stable_coefficients"] == (bool, False)

@@ -173,7 +173,10 @@ class GuidedDenoiser:
         out = self.denoiser(x, times, cond)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"The denoiser must return x̂ with the input's shape {tuple(x.shape)}, got {got}.")
+            raise ValueError(
+                f"The denoiser must return x̂ with the input's shape {tuple(x.shape)}, got {got} at step {self.step} "
+                f"(t = {t:.6g})."
+            )
         self.calls += 1
         self.rows += x.shape[0]
         finite = _all_finite(out)
