@@ -1,10 +1,10 @@
-"""Backbone weights on disk: ``model.safetensors`` + ``config.json``, and conversion of original checkpoints.
+"""Backbone weights on disk: ``model.safetensors`` + ``config.json``, and conversion of the released checkpoints.
 
 * :func:`save_pretrained` writes a folder (atomically, file by file) that :func:`load_pretrained` builds back.
-* :func:`convert_checkpoint` reads an original PixelGen Lightning ``.ckpt`` (``state_dict`` with keys
+* :func:`convert_checkpoint` reads a released PixelGen Lightning ``.ckpt`` (``state_dict`` with keys
   ``denoiser.*``, ``ema_denoiser.*`` and ``diffusion_trainer.proj.*``), takes the EMA weights by default,
   infers the architecture from the tensor shapes, and writes the same folder layout, plus
-  ``repa_projector.safetensors`` when the REPA projector is present (keys as in the original with the
+  ``repa_projector.safetensors`` when the REPA projector is present (keys as in the ``.ckpt`` with the
   ``diffusion_trainer.proj.`` prefix removed, e.g. ``0.0.weight``).
 """
 
@@ -239,7 +239,7 @@ def _presets_of(arch: str) -> dict[str, dict[str, Any]]:
 def infer_backbone_config(
     state: dict[str, torch.Tensor], *, preset: str | None = None, **overrides: Any
 ) -> tuple[str, dict[str, Any]]:
-    """``(arch, config)`` for a backbone state dict with the original parameter names.
+    """``(arch, config)`` for a backbone state dict with the released checkpoints' parameter names.
 
     Shapes give the architecture; what they cannot tell (C2I ``in_context_start``, ``attn_drop``, ``proj_drop``)
     comes from ``overrides``, else ``preset``, else the one registered preset whose shapes match (PixelGen

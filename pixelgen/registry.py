@@ -51,7 +51,6 @@ __all__ = [
     "plugin_errors",
     "loaded_plugins",
     "reset_plugins",
-    "get_registry",
 ]
 
 log = logging.getLogger(__name__)
@@ -314,10 +313,6 @@ registries.add(Registry("dataset", ("pixelgen.data",)))
 registries.add(Registry("train_preset", ("pixelgen.train.presets",)))
 registries.add(Registry("objective_preset", ("pixelgen.losses.presets",)))
 registries.add(Registry("sampling_preset", ("pixelgen.samplers",)))
-
-
-def get_registry(kind: str) -> Registry:
-    return registries[kind]
 
 
 # -- plugin discovery ---------------------------------------------------------------------------------

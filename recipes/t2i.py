@@ -9,7 +9,7 @@
     torchrun --nproc_per_node=8 recipes/t2i.py --preset pretrain256 --data ...   # each rank reads its own shards
 
 The same as ``pixelgen train`` with ``--preset pretrain256`` as the default and ``--demo`` meaning the
-``t2i_demo`` preset. Stages (the original's settings):
+``t2i_demo`` preset. Stages (the settings the released model was trained with):
 
 | stage | data | res | batch × accum | lr | betas | steps | grid sampler |
 |---|---|---|---|---|---|---|---|
@@ -19,8 +19,8 @@ The same as ``pixelgen train`` with ``--preset pretrain256`` as the default and 
 
 All clip gradients at 1.0; AdamW with weight decay 0, constant lr, EMA 0.9999. A stage transition
 (``--init-from``: a run folder or its checkpoint) loads the weights, the EMA weights and the REPA projector
-into a **new run with a fresh optimiser** built from the stage's own lr and betas, at step 0 (the original
-resumed the whole training state instead, which kept stage 1's optimiser settings). The 512 stages regenerate
+into a **new run with a fresh optimiser** built from the stage's own lr and betas, at step 0, so each stage trains with
+its own settings (see docs/parity.md). The 512 stages regenerate
 the sin-cos position table for the 32×32 grid. ``--resume`` continues the latest checkpoint of the run in
 ``--out`` (within a stage). Any config field can be changed with ``--set key=value``, the text encoder and grid
 prompts included (``--text-encoder``, ``--prompts-file``, or ``--set text.pad_mask=true``).

@@ -70,9 +70,10 @@ class DemoSettings:
 
 
 def default_settings(kind: str) -> DemoSettings:
-    """What the page starts with. Text models: the original demo's settings (Adams-2, 25 steps, CFG 4, shift 3,
-    4 images, seed 0, its prompt and negative prompt). Class models: Heun 50 with shift 2 and the interval
-    (0.1, 0.9] of the paper's XL setting, guidance 1 (a small model's samples saturate under CFG)."""
+    """What the page starts with. Text models: the settings of the released text-to-image model's demo
+    (Adams-2, 25 steps, CFG 4, shift 3, 4 images, seed 0, its prompt and negative prompt). Class models: Heun 50
+    with shift 2 and the interval (0.1, 0.9] of the paper's XL setting, guidance 1 (a small model's samples
+    saturate under CFG)."""
     if kind == "text":
         return DemoSettings(
             sampler="adams",

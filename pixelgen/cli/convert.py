@@ -19,7 +19,9 @@ def add_parser(subparsers):
         "--weights", choices=("ema", "raw"), default="ema", help="EMA weights (default) or the raw training weights"
     )
     p.add_argument("--preset", help="backbone preset for what shapes cannot tell (default: the matching preset)")
-    add_set_argument(p, "config override with the original argument names, e.g. --set in_context_start=8 (repeatable)")
+    add_set_argument(
+        p, "config override with the released configs' argument names, e.g. --set in_context_start=8 (repeatable)"
+    )
     p.add_argument(
         "--trust-pickle",
         action="store_true",

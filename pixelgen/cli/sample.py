@@ -59,7 +59,7 @@ def add_parser(subparsers):
     p.add_argument("--lazy-heun", action="store_true", help="Heun reusing the corrector velocity (exact_henu=False)")
     p.add_argument("--order", type=positive_int, help="Adams order (adams sampler only)")
     p.add_argument(
-        "--exact-final-step", action="store_true", help="land on x̂ at t=1 instead of the original's clamped last step"
+        "--exact-final-step", action="store_true", help="land on x̂ at t=1 instead of the default clamped last step"
     )
     p.add_argument(
         "--seed", type=non_negative_int, default=0, help="global seed; sample i's noise depends on (seed, i) only"

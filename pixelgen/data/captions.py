@@ -1,4 +1,4 @@
-"""The caption-prefix augmentation of the original's text-to-image pretraining data (spec §6.9)."""
+"""The caption-prefix augmentation of the text-to-image pretraining data."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 __all__ = ["CAPTION_PREFIXES", "CaptionPrefixAugment"]
 
-# Verbatim, including the original's "A image of ".
+# Verbatim, including "A image of ": the released text-to-image model was pretrained with these strings.
 CAPTION_PREFIXES = (
     "A photo of ",
     "A picture of ",

@@ -1,5 +1,5 @@
-"""Datasets read from folders: ImageNet as an ImageFolder (spec §6.8) and image + caption folders for
-text-to-image fine-tuning (spec §6.9, SFT)."""
+"""Datasets read from folders: ImageNet as an ImageFolder and image + caption folders for text-to-image
+fine-tuning."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 # torchvision's ImageFolder list, so the same files (and so the same indices) are found.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-# The original's caption folder pairs only these (compared case-insensitively, which covers its ".JPEG").
+# A caption folder pairs only these, as the released text-to-image fine-tuning data was read (compared
+# case-insensitively, which covers ".JPEG").
 CAPTION_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # Sub-folder names that mean "dataset root given instead of a split" rather than classes.
 _SPLIT_NAMES = {"train", "val", "validation", "test"}
@@ -193,9 +194,10 @@ class ImageFolderDataset(RobustImageFiles):
     """ImageNet (or any class-per-folder tree) with ADM's centre crop.
 
     Classes and files are found by torchvision's ``find_classes`` / ``make_dataset`` (sorted sub-folder names,
-    index = position; images found recursively), so labels and order match the original's ``PixImageNet``; files
-    reached through a symlink loop are left out (counted in ``loop_skipped``). No flip by default, as the original;
-    ``flip=True`` adds a random horizontal flip (drawn from torch's RNG in the process that loads the sample).
+    index = position; images found recursively), so labels and order match those of the released class-to-image
+    models; files reached through a symlink loop are left out (counted in ``loop_skipped``). No flip by default,
+    as they were trained; ``flip=True`` adds a random horizontal flip (drawn from torch's RNG in the process
+    that loads the sample).
 
     An image that cannot be read (corrupt, truncated, more than ``max_pixels`` pixels: a decompression bomb) is
     skipped: the sample at that index is replaced by the next readable image in index order, so no other index
@@ -265,9 +267,9 @@ class ImageFolderDataset(RobustImageFiles):
 
 @registries.dataset.register("caption_folder", kind="text")
 class CaptionFolderDataset(Dataset):
-    """Images paired with a same-stem ``.txt`` caption anywhere under ``root`` (the original's SFT data).
+    """Images paired with a same-stem ``.txt`` caption anywhere under ``root`` (text-to-image fine-tuning data).
 
-    Transform as the original: ``Resize(resolution)`` of the short side, then ``CenterCrop(resolution)``; no
+    Transform: ``Resize(resolution)`` of the short side, then ``CenterCrop(resolution)``; no
     size filter and no caption augmentation. Images without a caption file are left out (counted in
     ``unpaired``). A corrupt image is skipped, counted in ``stats()["corrupt"]`` and replaced by the next
     readable one, so a bad file never stops a run.

@@ -82,7 +82,7 @@ def build_loader(
     drop_last: bool = False,
     collate_fn: Callable[[Sequence[dict[str, Any]]], dict[str, Any]] = collate,
 ) -> PositionedLoader | DataLoader:
-    """A fast loader: ``num_workers`` worker processes (4 and prefetch 8 as the original), pinned memory when
+    """A fast loader: ``num_workers`` worker processes (4, prefetch 8), pinned memory when
     CUDA is available, workers kept alive across epochs.
 
     A map-style dataset gets an :class:`EpochBatchSampler` (``sampler`` or one made from ``seed``, ``rank``,

@@ -14,7 +14,8 @@ Layout of an epoch (the same on every rank, so no communication is needed):
   samples than there are ranks, it is merged into the previous global batch instead (some ranks then get
   ``batch_size + 1`` samples in that step), so that no rank ever gets an empty batch. ``drop_last=True``
   drops the short global batch instead (equal batches everywhere; those samples wait for a later epoch's
-  order). The original instead used ``DistributedSampler``, which pads the epoch by repeating samples.
+  order). Padding the epoch by repeating samples, as ``DistributedSampler`` does, would show some samples twice
+  (see docs/parity.md).
 
 Position: ``epoch`` and ``consumed`` (global samples of this epoch already delivered to the training loop).
 :class:`PositionedLoader` (see :func:`pixelgen.data.build_loader`) advances it as batches reach the loop, so
@@ -168,7 +169,7 @@ class EpochBatchSampler:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a saved position. A different world size or batch size is allowed: the run then
         continues from the same place in the same order (each remaining sample still exactly once), but the
-        batches are cut differently from the ones the original run would have seen."""
+        batches are cut differently from the ones the uninterrupted run would have seen."""
         for key in ("epoch", "consumed"):
             if key not in state:
                 raise KeyError(f"The sampler state has no '{key}' entry; it is not an EpochBatchSampler state.")

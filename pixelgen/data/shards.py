@@ -1,16 +1,15 @@
-"""Captioned images streamed from webdataset tar shards (the original's text-to-image pretraining data,
-spec §6.9), read with the standard library's ``tarfile``.
+"""Captioned images streamed from webdataset tar shards (text-to-image pretraining data), read with the
+standard library's ``tarfile``.
 
 A shard is a tar (or .tar.gz) file; files sharing a name up to the first dot form one sample, keyed by the
 rest of the name (``0001.jpg`` + ``0001.txt`` -> ``{"jpg": ..., "txt": ...}``).
 
-Differences from the original, each deliberate:
-
-* shards are split across ranks (``split_by_node=True``); the original gave every rank the same shards
-  (``split_by_node=False`` reproduces that);
-* the shard list is shuffled with a full permutation seeded identically on every rank (the original used a
-  100-shard shuffle buffer), which is what keeps the ranks' shards disjoint;
-* corrupt samples and unreadable shards are skipped and counted (``stats()``), not only warned about.
+* shards are split across ranks (``split_by_node=True``), so no two ranks read the same sample in an epoch
+  (``split_by_node=False`` gives every rank every shard, as the original did; see docs/parity.md);
+* the shard list is shuffled with a full permutation seeded identically on every rank, which is what keeps
+  the ranks' shards disjoint;
+* corrupt samples and unreadable shards are skipped and counted (``stats()``), so a bad file never ends a
+  run.
 """
 
 from __future__ import annotations
@@ -60,8 +59,8 @@ def _expand_braces(pattern: str) -> list[str]:
 
 
 def expand_shards(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Sorted shard paths from files, folders (every ``*.tar`` / ``*.tar.gz`` below them, as the original
-    collects them), glob patterns (``**`` allowed) and brace patterns (``shard-{000..099}.tar``)."""
+    """Sorted shard paths from files, folders (every ``*.tar`` / ``*.tar.gz`` below them), glob patterns
+    (``**`` allowed) and brace patterns (``shard-{000..099}.tar``)."""
     items = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
     if not items:
         raise ValueError("No shards given: pass a folder, a file, a glob or brace pattern, or a list of them.")
@@ -144,7 +143,7 @@ class CaptionShardDataset(IterableDataset):
 
     Order: each epoch shuffles the shard list with ``seed + epoch`` (the same on every rank), rank ``r`` takes
     every ``world_size``-th shard from ``r``, worker ``w`` every ``num_workers``-th of those, and a
-    ``shuffle_buffer`` of raw samples (20000, as the original) mixes them, seeded per (seed, epoch, rank,
+    ``shuffle_buffer`` of raw samples (default 20000) mixes them, seeded per (seed, epoch, rank,
     worker). With ``repeat=True`` (default) the stream never ends, so every rank can take the same number
     of steps. It is not resumable at a position: on resume pass a new ``seed`` (e.g. the step) so the
     resumed run does not replay the stream it already saw.

@@ -2,7 +2,7 @@
 
 A sample is a dict ``{"image": (3, S, S) float in [-1, 1], "raw": (3, S, S) float in [0, 1]}`` plus
 ``"label"`` (int, class data) or ``"caption"`` (str, text data). ``raw`` feeds the frozen DINOv2 encoder;
-``image`` is what the diffusion model sees (spec §6.8).
+``image`` is what the diffusion model sees.
 """
 
 from __future__ import annotations
@@ -67,8 +67,9 @@ def adm_crop_plan(width: int, height: int, size: int) -> AdmCropPlan:
 
 
 def adm_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """ADM's centre crop (spec §6.8): BOX-halve while the short side is >= 2x ``size``, BICUBIC-resize
-    the short side to ``size`` (rounding the long side), then take the integer centre crop."""
+    """ADM's centre crop (the ImageNet preprocessing the released models were trained with): BOX-halve while
+    the short side is >= 2x ``size``, BICUBIC-resize the short side to ``size`` (rounding the long side), then
+    take the integer centre crop."""
     if not isinstance(image, Image.Image):
         raise TypeError(f"adm_center_crop expects a PIL image, got {type(image).__name__}.")
     plan = adm_crop_plan(image.width, image.height, size)
@@ -81,7 +82,7 @@ def adm_center_crop(image: Image.Image, size: int) -> Image.Image:
 
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     """torchvision ``Resize(size)`` (short side, bilinear, antialiased) then ``CenterCrop(size)``: the
-    original's SFT caption-folder transform (spec §6.9)."""
+    caption-folder transform."""
     from torchvision.transforms import functional as TF
 
     if not isinstance(image, Image.Image):

@@ -34,9 +34,8 @@ RANDOM = "random"
 class FrozenEncoder(nn.Module):
     """A network used only as a fixed feature extractor inside losses.
 
-    It is always in eval mode (``train()`` is a no-op, so dropout never fires — the original's LPIPS had to
-    re-call ``eval()`` every step to get this), none of its parameters require gradients, and gradients
-    still flow through it to its *inputs*.
+    It is always in eval mode (``train()`` is a no-op, so dropout never fires, whatever the enclosing module's
+    mode), none of its parameters require gradients, and gradients still flow through it to its *inputs*.
     """
 
     def freeze(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> FrozenEncoder:

@@ -1,6 +1,6 @@
-"""Frozen DINOv2 (through timm) as used by REPA and P-DINO (spec §4.4, §4.6).
+"""Frozen DINOv2 (through timm) as used by REPA and P-DINO.
 
-Preprocessing (spec §4.6): the input is an image batch in [0, 1]; it is ImageNet-normalised, then resized
+Preprocessing: the input is an image batch in [0, 1]; it is ImageNet-normalised, then resized
 bicubically (no antialiasing) to ``int(14·S/16)`` per side, so that the DINOv2 token grid (patch 14) equals
 the grid of a patch-16 backbone (256 px -> 224 px -> 16×16 tokens). The output is the patch tokens of the
 requested blocks after the final LayerNorm (no CLS token, no registers), averaged over the list of blocks.
@@ -65,9 +65,10 @@ def dinov2_weight_source(name: str) -> WeightSource:
 def convert_dinov2_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename facebookresearch DINOv2 keys to timm's; timm-format keys pass through unchanged.
 
-    Differences: the original has a ``mask_token`` (used only in masked pre-training, dropped here), may store
-    blocks in chunks (``blocks.<chunk>.<i>.``; chunks are padded so ``i`` is the global index), and names the
-    fused SwiGLU of ViT-g ``mlp.w12`` / ``mlp.w3`` where timm says ``mlp.fc1`` / ``mlp.fc2``.
+    Differences: the facebookresearch checkpoints have a ``mask_token`` (used only in masked pre-training,
+    dropped here), may store blocks in chunks (``blocks.<chunk>.<i>.``; chunks are padded so ``i`` is the
+    global index), and name the fused SwiGLU of ViT-g ``mlp.w12`` / ``mlp.w3`` where timm says ``mlp.fc1`` /
+    ``mlp.fc2``.
     """
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -208,7 +209,7 @@ class DINOv2Encoder(FrozenEncoder):
     ) -> torch.Tensor:
         """Patch tokens (B, N, D) of ``images01`` (B, 3, S, S) in [0, 1]; gradients flow to the input.
 
-        ``check_range=False`` skips the [0, 1] range check (predictions are not clamped, spec §4.6).
+        ``check_range=False`` skips the [0, 1] range check (P-DINO feeds the unclamped prediction).
         """
         check_image_batch(images01, "DINOv2 input", channels=3)
         if check_range:

@@ -1,4 +1,4 @@
-"""Frozen LPIPS (the ``lpips`` package) with its ImageNet trunk resolved offline-first (spec §4.5).
+"""Frozen LPIPS (the ``lpips`` package) with its ImageNet trunk resolved offline-first.
 
 The package builds its trunk through torchvision, which would download the ImageNet weights on the spot.
 We build it with a random trunk instead (no download), then load the trunk weights found by the weight
@@ -129,7 +129,8 @@ class LPIPSEncoder(FrozenEncoder):
     def forward(self, pred: torch.Tensor, target: torch.Tensor, *, check_range: bool = True) -> torch.Tensor:
         """Per-sample LPIPS (B,) between ``pred`` and ``target`` (B, 3, H, W) in [-1, 1].
 
-        Only ``target`` is range-checked (``check_range``): predictions are used unclamped, as in the original.
+        Only ``target`` is range-checked (``check_range``): predictions are used unclamped,
+        as the released models were trained.
         """
         check_image_batch(pred, "LPIPS prediction", channels=3)
         check_same_shape(pred, target, "LPIPS prediction", "LPIPS target")

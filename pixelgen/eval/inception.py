@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,13 +33,9 @@ __all__ = [
     "INCEPTION_WEIGHTS",
     "InceptionFeatures",
     "build_inception",
-    "FeatureExtractor",
     "check_uint8_images",
     "weights_digest",
 ]
-
-# What a feature extractor is for the metrics: uint8 (B, 3, H, W) images -> named (B, D) float features.
-FeatureExtractor = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 INCEPTION_WEIGHTS = WeightSource(
     filename="weights-inception-2015-12-05-6726825d.pth",

@@ -1,4 +1,4 @@
-"""Fixed 2-D sin-cos position table (spec §2.3) and the sinusoidal timestep embedding (§2.5, §3.7)."""
+"""Fixed 2-D sin-cos position table and the sinusoidal timestep embedding."""
 
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ def sincos_2d_table(
 ) -> torch.Tensor:
     """The MAE-style fixed table of shape (grid_h·grid_w, dim) for a row-major patch grid.
 
-    Channels ``[0, dim/2)`` encode the **column** index and ``[dim/2, dim)`` the **row** index (the upstream
-    meshgrid order). Computed in float64, then cast, so tables for any grid are reproducible to the last bit.
+    Channels ``[0, dim/2)`` encode the **column** index and ``[dim/2, dim)`` the **row** index (the order the
+    released checkpoints were trained with). Computed in float64, then cast, so tables for any grid are
+    reproducible to the last bit.
     """
     grid_w = grid_h if grid_w is None else grid_w
     if dim % 4:
@@ -97,7 +98,7 @@ class TimestepEmbedder(nn.Module):
         if self.cast_features_to_input:
             features = features.to(t.dtype)
         elif features.dtype != self.mlp[0].weight.dtype and not _autocast_enabled(features.device):
-            # float32 features feed the MLP as they are (the original, under autocast); a model cast to another
-            # dtype (bf16 inference, float64 checks) needs them in its own dtype.
+            # float32 features feed the MLP as they are (autocast casts them, as in training); a model cast to
+            # another dtype (bf16 inference, float64 checks) needs them in its own dtype.
             features = features.to(self.mlp[0].weight.dtype)
         return self.mlp(features)

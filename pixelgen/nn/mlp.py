@@ -1,4 +1,4 @@
-"""SwiGLU feed-forward layer (spec §2.6 for class-to-image, §3.5 for text-to-image)."""
+"""SwiGLU feed-forward layer shared by the class-to-image and text-to-image JiT blocks."""
 
 from __future__ import annotations
 

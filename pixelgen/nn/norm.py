@@ -1,4 +1,4 @@
-"""RMSNorm with float32 statistics (spec §2.6, §3.4)."""
+"""RMSNorm with float32 statistics."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""2-D rotary position embeddings: the class-to-image axial variant (spec §2.4) and the text-to-image
-variant with linspace positions (§3.6).
+"""2-D rotary position embeddings: the class-to-image axial variant and the text-to-image variant with
+linspace positions.
 
 Both rotate adjacent channel pairs ``(2j, 2j+1)`` of each head by a per-token angle; they differ only in
 which angle each pair gets. Tables are computed on the tensor's device at call time (cheap: tokens × head_dim/2

@@ -1,1 +1,2 @@
-"""(filled in by its issue)"""
+"""Shared utilities: one-sentence input checks, atomic file writes, typed validation, optional extras, FLOP
+counts, the weight-resolution rule for frozen networks and library versions."""

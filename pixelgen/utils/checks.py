@@ -10,11 +10,9 @@ import torch
 __all__ = [
     "check_tensor",
     "check_image_batch",
-    "check_finite",
     "check_labels",
     "check_timesteps",
     "check_same_shape",
-    "check_int",
     "check_real",
     "check_arguments",
     "check_device",
@@ -67,13 +65,6 @@ def check_image_batch(
     return x
 
 
-def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
-    if not torch.isfinite(x).all():
-        bad = (~torch.isfinite(x)).sum().item()
-        raise FloatingPointError(f"{name} contains {bad} NaN or infinite value(s).")
-    return x
-
-
 def _min_max(x: torch.Tensor) -> tuple[float, float]:
     """(min, max) of a non-empty tensor with a single device-to-host transfer (NaN propagates into both)."""
     low, high = torch.aminmax(x.detach())
@@ -121,20 +112,6 @@ def check_same_shape(a: torch.Tensor, b: torch.Tensor, na: str, nb: str) -> None
 # -- arguments ----------------------------------------------------------------------------------------------
 def _type_name(value: object) -> str:
     return f"{type(value).__name__} {value!r}" if not isinstance(value, torch.Tensor) else f"a tensor {_shape(value)}"
-
-
-def check_int(value: object, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
-    """An integer (a bool is refused: ``depth=True`` is a mistake, not 1)."""
-    import numpy as np
-
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {_type_name(value)}.")
-    value = int(value)
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}.")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be at most {maximum}, got {value}.")
-    return value
 
 
 def check_real(

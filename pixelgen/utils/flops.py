@@ -232,8 +232,8 @@ def training_step_flops(
 
     ``perceptual=False``: flow matching + REPA only. ``gated``: samples that pass the noise gate (LPIPS runs
     on them only, the objective's ``gating_compute="subset"``); default: the expected number,
-    ``batch·gate_probability()``. ``pdino_samples``: samples P-DINO runs on; default ``batch`` (the original
-    gating, which applies P-DINO to the whole batch as soon as one sample passes the gate).
+    ``batch·gate_probability()``. ``pdino_samples``: samples P-DINO runs on; default ``batch`` (the
+    default gating applies P-DINO to the whole batch as soon as one sample passes the gate).
     """
     side = int(config["input_size"] if image_size is None else image_size)
     n = (side // config["patch_size"]) ** 2

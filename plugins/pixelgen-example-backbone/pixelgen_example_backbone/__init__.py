@@ -32,5 +32,5 @@ JIT_S_16: dict[str, Any] = dict(
 def pixelgen_register(registries) -> None:
     @registries.backbone.register("jit_s_16", preset_of="jit", config=dict(JIT_S_16))
     def jit_s_16(**overrides: Any):
-        """JiT-S/16 (~33M), 256 px; keyword overrides use the original JiT argument names."""
+        """JiT-S/16 (~33M), 256 px; keyword overrides use JiT's argument names."""
         return registries.backbone.build("jit", **{**JIT_S_16, **overrides})
