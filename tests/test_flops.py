@@ -59,7 +59,8 @@ def test_xl_numbers_and_convention():
     assert FLOPS_PER_MAC == 2
     assert jit_flops(xl).forward == pytest.approx(260.1e9, rel=1e-4)
     step = training_step_flops(xl, batch=32)
-    # the "about 1.04 TFLOP per image" is this count with LPIPS on every sample (the original's masking)
+    # the original's figure, about 1.04 TFLOP per image, is this count with LPIPS run on every sample (it masks
+    # the loss, not the compute)
     original = step["total"].total - step["lpips"].total + lpips_vgg_flops().total * 32
     assert original / 32 == pytest.approx(1.04e12, rel=0.01)
     assert gate_probability() == pytest.approx(0.524, abs=1e-3)

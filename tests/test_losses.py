@@ -210,7 +210,7 @@ def test_pdino_equals_one_minus_cosine_and_reaches_x_hat_through_dino(dino):
 
 
 def test_pdino_original_mode_reproduces_the_upstream_broadcast(dino):
-    """Spec §4.7: with ≥1 sample gated in, 1 − mean cos over ALL samples; with none, the constant 1."""
+    """The default gating: with ≥1 sample gated in, 1 − mean cos over ALL samples; with none, the constant 1."""
     t = torch.tensor([0.1, 0.2, 0.35, 0.05])
     ctx = make_ctx(t=t, gate=t >= 0.3, encoders={"dinov2": dino})
     cos = F.cosine_similarity(dino((ctx.x_hat + 1) / 2, check_range=False), dino(ctx.raw), dim=-1)  # (B, N)

@@ -1,4 +1,4 @@
-"""Shared layers against their defining formulas (spec §2.3-2.6, §3.5-3.7)."""
+"""Shared layers against their defining formulas."""
 
 import logging
 import math
@@ -118,8 +118,8 @@ def test_timestep_features_cos_first(max_period):
 
 
 def test_timestep_embedder_feature_dtype():
-    """C2I feeds float32 features to the MLP (as the original under autocast) unless the module itself was cast
-    to another dtype; T2I casts them to t's dtype (spec §3.7)."""
+    """C2I feeds float32 features to the MLP (autocast casts them, as in training) unless the module itself was
+    cast to another dtype; T2I casts them to t's dtype."""
     t = torch.rand(4).to(torch.bfloat16)
     seen = []
     c2i = TimestepEmbedder(8, max_period=1e4)

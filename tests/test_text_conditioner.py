@@ -1,4 +1,4 @@
-"""The Qwen3 text conditioner (spec §3.3) on the tiny random encoder: shapes, padding, truncation, caching, loading."""
+"""The Qwen3 text conditioner on the tiny random encoder: shapes, padding, truncation, caching, loading."""
 
 from __future__ import annotations
 
