@@ -244,7 +244,7 @@ class Page:
     def find(self, css: str):
         return self.driver.find_elements(self.by.CSS_SELECTOR, css)
 
-    def wait(self, condition, timeout: float = 120):
+    def wait(self, condition, timeout: float = 300):  # generous: CI machines can be loaded
         from selenium.webdriver.support.ui import WebDriverWait
 
         return WebDriverWait(self.driver, timeout, poll_frequency=0.2).until(lambda _: condition())
