@@ -401,9 +401,9 @@ class HeldDemo(DemoModel):
         self.release = threading.Event()
 
     def run(self, settings, on_progress=None):
-        def report(fraction: float) -> None:
+        def report(step: int, steps: int) -> None:
             if on_progress is not None:
-                on_progress(fraction)
+                on_progress(step, steps)
             self.release.wait(timeout=60)
 
         return super().run(settings, on_progress=report)
@@ -437,7 +437,7 @@ def test_text_page_prompt_negative_prompt_and_progress(browser, text_server):
     page.type("num-images", 2)
     page.type("seed", 4)
     page.press("generate")
-    page.wait(lambda: "sampling (t =" in page.find("#images")[0].text)  # progress while it samples
+    page.wait(lambda: "sampling: step 1 of 3" in page.find("#images")[0].text)  # progress while it samples
     demo.release.set()
     shown = images_of(page, "images", 2)
     params = dict(num_steps=3, guidance=4.0, guidance_interval_min=0.0, guidance_interval_max=1.0, timeshift=3.0)

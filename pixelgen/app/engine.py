@@ -4,7 +4,7 @@ library's own generation loop, and say which command reproduces the result.
 The page only formats what :meth:`DemoModel.run` returns, so everything here is usable (and tested) without
 gradio. Images come from :func:`pixelgen.generate` (class-to-image) or
 :class:`~pixelgen.conditioners.pipeline.TextToImagePipeline` (text-to-image), the same code ``pixelgen generate``
-runs; the page observes the sampler's network calls to show x̂ along the way, without changing them.
+runs; the sampler's per-step callback hands the page x̂ along the way and its progress.
 """
 
 from __future__ import annotations
@@ -138,46 +138,23 @@ def _thumbnails(images: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.avg_pool2d(images.float(), factor).round().to(torch.uint8)
 
 
-class _Watched:
-    """A sampler seen through a window: it forwards every call unchanged and, on the way, records the guided x̂
-    of each network evaluation (as uint8 thumbnails, keyed by t) and reports progress as the time t reached.
+class _Recorder:
+    """The sampler's per-step callback: keeps the guided x̂ at each step's start (as uint8 thumbnails, keyed by
+    t) and reports progress as (steps done, steps)."""
 
-    The guided x̂ of a doubled (unconditional, conditional) call is ``x̂_u + g·(x̂_c − x̂_u)``: CFG on x̂ equals the
-    sampler's CFG in velocity space, since v is affine in x̂."""
-
-    def __init__(self, sampler: Any, on_time: Callable[[float], None] | None = None) -> None:
-        self.sampler = sampler
-        self.on_time = on_time
+    def __init__(self, steps: int, on_progress: Callable[[int, int], None] | None = None) -> None:
+        self.steps = steps
+        self.on_progress = on_progress
         self.frames: dict[float, torch.Tensor] = {}
-        self.nfe = 0
-        self.rows = 0
 
-    def __call__(self, denoiser, noise, cond, uncond=None, *, generator=None, return_trajectory=False):
+    def __call__(self, info: dict[str, Any]) -> None:
         from pixelgen.generate import to_uint8
 
-        batch = noise.shape[0]
-        scale = float(getattr(self.sampler, "guidance", 1.0))
-
-        def watched(x: torch.Tensor, t: torch.Tensor, c: Any) -> torch.Tensor:
-            out = denoiser(x, t, c)
-            guided = out
-            if out.shape[0] == 2 * batch:
-                x_u, x_c = out.float().chunk(2)
-                guided = x_u + scale * (x_c - x_u)
-            time_ = float(t[0])
-            self.frames[time_] = _thumbnails(to_uint8(guided.detach()).cpu())
-            if self.on_time is not None:
-                self.on_time(time_)
-            return out
-
-        result = self.sampler(watched, noise, cond, uncond, generator=generator, return_trajectory=return_trajectory)
-        stats = getattr(self.sampler, "last_stats", {}) or {}
-        self.nfe += int(stats.get("nfe", 0))
-        self.rows += int(stats.get("rows", 0))
-        return result
-
-    def __getattr__(self, name: str) -> Any:  # the loop may read sampler attributes (e.g. last_stats)
-        return getattr(self.sampler, name)
+        x_hat = info.get("x_hat")
+        if x_hat is not None:  # None where a step did not evaluate at its start (lazy Heun)
+            self.frames[float(info["t"])] = _thumbnails(to_uint8(x_hat.detach()).cpu())
+        if self.on_progress is not None:
+            self.on_progress(int(info["i"]) + 1, self.steps)
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -382,17 +359,17 @@ class DemoModel:
             self._resized = (resolution, load_pretrained(self.folder, device=self.device, input_size=resolution))
         return self._resized[1]
 
-    def run(self, settings: DemoSettings, on_progress: Callable[[float], None] | None = None) -> DemoResult:
-        """Sample with ``settings`` (checked first). ``on_progress(fraction)`` is called after each network
-        evaluation with the fraction of the time interval covered."""
+    def run(self, settings: DemoSettings, on_progress: Callable[[int, int], None] | None = None) -> DemoResult:
+        """Sample with ``settings`` (checked first). ``on_progress(step, steps)`` is called at each step."""
         from pixelgen.samplers import build_sampler
 
         s = self.check(settings)
-        try:
-            sampler = build_sampler(s.sampler, **s.sampler_params())
+        try:  # text models: the pipeline's sampler (the released model's settings under ours), as the command
+            build = self.pipeline.build_sampler if self.pipeline is not None else build_sampler
+            sampler = build(s.sampler, **s.sampler_params())
         except (TypeError, ValueError) as exc:
             raise DemoInputError(str(exc)) from None
-        watched = _Watched(sampler, on_progress)
+        recorder = _Recorder(s.steps, on_progress)
         with self._lock:
             start = time.perf_counter()
             if self.kind == "class":
@@ -401,57 +378,47 @@ class DemoModel:
                 images = generate(
                     self._model_at(s.resolution),
                     torch.full((s.num_images,), s.class_label, dtype=torch.long),
-                    sampler=watched,
+                    sampler=sampler,
                     seed=s.seed,
                     batch_size=s.num_images,
                     device=self.device,
                     autocast_dtype=self.autocast_dtype,
                     progress=False,
+                    callback=recorder,
                 )
                 captions = [f"{self.class_name(s.class_label)} · #{k}" for k in range(s.num_images)]
             else:
-                images = self._run_text(s, watched)
+                images = self._run_text(s, sampler, recorder)
                 captions = [f"#{k}" for k in range(s.num_images)]
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             seconds = time.perf_counter() - start
-        frames = sorted(watched.frames.items())
+        frames = sorted(recorder.frames.items())
+        stats = sampler.last_stats  # one batch: all images
         return DemoResult(
             settings=s,
             images=images,
             frames=frames,
-            nfe=watched.nfe,
-            rows=watched.rows,
+            nfe=int(stats["nfe"]),
+            rows=int(stats["rows"]),
             seconds=seconds,
             device=f"{self.device} ({self.precision})",
             command=self.command(s),
             captions=captions,
         )
 
-    def _run_text(self, s: DemoSettings, watched: _Watched) -> torch.Tensor:
-        pipe = self.pipeline
-        params = s.sampler_params()
-        original_build = pipe.build_sampler
-
-        def build(name: str = "adams", **kw: Any):  # the pipeline builds its sampler; hand it the watched one
-            watched.sampler = original_build(name, **kw)
-            return watched
-
-        pipe.build_sampler = build
-        try:
-            result = pipe(
-                [s.prompt],
-                negative_prompt=s.negative_prompt or None,
-                num_images_per_prompt=s.num_images,
-                seed=s.seed,
-                height=s.resolution,
-                width=s.resolution,
-                batch_size=s.num_images,
-                sampler=s.sampler,
-                **params,
-            )
-        finally:
-            del pipe.build_sampler
+    def _run_text(self, s: DemoSettings, sampler: Any, recorder: _Recorder) -> torch.Tensor:
+        result = self.pipeline(
+            [s.prompt],
+            negative_prompt=s.negative_prompt or None,
+            num_images_per_prompt=s.num_images,
+            seed=s.seed,
+            height=s.resolution,
+            width=s.resolution,
+            batch_size=s.num_images,
+            sampler=sampler,
+            callback=recorder,
+        )
         return result.images
 
     # -- reproduction ------------------------------------------------------------------------------------

@@ -145,8 +145,8 @@ def build_app(demo_model: DemoModel, *, title: str = "pixelgen"):
     ) -> tuple[DemoResult, dict]:
         lo, width = share
 
-        def report(t: float) -> None:
-            progress(lo + width * min(max(t, 0.0), 1.0), desc=f"sampling (t = {t:.2f})")
+        def report(step: int, steps: int) -> None:
+            progress(lo + width * step / steps, desc=f"sampling: step {step} of {steps}")
 
         result = demo_model.run(settings, on_progress=report)
         files = save_outputs(result, results.new())

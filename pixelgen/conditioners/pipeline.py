@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,13 +185,15 @@ class TextToImagePipeline:
         height: int | None = None,
         width: int | None = None,
         batch_size: int = 8,
-        sampler: str | None = None,
+        sampler: str | Callable[..., Any] | None = None,
         return_trajectory: bool = False,
         progress: bool = False,
         output_type: str = "pt",
+        callback: Callable[[dict[str, Any]], None] | None = None,
         **sampler_params: Any,
     ) -> GenerationResult:
-        """``output_type``: ``"pt"`` (uint8 tensor, default) or ``"pil"`` (a list of ``PIL.Image``)."""
+        """``output_type``: ``"pt"`` (uint8 tensor, default) or ``"pil"`` (a list of ``PIL.Image``);
+        ``callback``: the sampler's per-step callback (see :class:`~pixelgen.samplers.Sampler`)."""
         if output_type not in ("pt", "pil"):
             raise ValueError(f"output_type must be 'pt' or 'pil', got {output_type!r}.")
         prompts = check_prompts(prompts)
@@ -202,7 +204,12 @@ class TextToImagePipeline:
         if not isinstance(seed, int):
             raise TypeError(f"seed must be an integer, got {type(seed).__name__}.")
         h, w = self._check_size(height, width)
-        run = self.build_sampler(sampler, **sampler_params)
+        if sampler is None or isinstance(sampler, str):
+            run = self.build_sampler(sampler, **sampler_params)
+        elif callable(sampler) and not sampler_params:  # a sampler built by the caller (its stats stay readable)
+            run = sampler
+        else:
+            raise TypeError("sampler must be a registered name (with its parameters as keywords) or a built sampler.")
         per_image = [p for p in prompts for _ in range(num_images_per_prompt)]
         uncond = self._condition(self.conditioner.unconditional(1, negative_prompt))
         batches = list(
@@ -219,6 +226,7 @@ class TextToImagePipeline:
                 device=self.device,
                 autocast_dtype=self.autocast_dtype,
                 return_trajectory=return_trajectory,
+                callback=callback,
                 progress=progress,
                 desc="generate",
             )
