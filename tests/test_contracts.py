@@ -99,7 +99,7 @@ class EdgeTerm(LossTerm):
 
 @pixelgen.hookimpl
 def pixelgen_register(registries):
-    registries.loss.register("toy_edges", gated=True, perceptual=False, requires=())(EdgeTerm)
+    registries.loss.register("toy_edges")(EdgeTerm)
 '''
 
 

@@ -29,8 +29,9 @@ def dino():
 
 def test_the_plugin_registers_its_term_through_the_entry_point(plugin):
     assert "focal_frequency" in registries.loss.list()
-    entry = registries.loss.get("focal_frequency")
-    assert entry.source == "plugin:example_loss" and entry.metadata["gated"] and entry.metadata["perceptual"]
+    assert registries.loss.get("focal_frequency").source == "plugin:example_loss"
+    term = registries.loss.build("focal_frequency")
+    assert term.gated and term.perceptual
     assert "example_loss" in loaded_plugins()
 
 

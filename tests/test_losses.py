@@ -140,8 +140,8 @@ def test_text_dropout_uses_the_unconditional_embedding():
 # -- terms ----------------------------------------------------------------------------------------------
 def test_terms_are_registered_with_their_declarations():
     assert {"flow_matching", "repa", "lpips", "pdino"} <= set(registries.loss.list())
-    assert registries.loss.get("lpips").metadata["gated"] is True
-    assert registries.loss.get("repa").metadata["gated"] is False
+    assert registries.loss.build("lpips").gated is True
+    assert registries.loss.build("repa").gated is False
     assert PDinoTerm("intended").gated and not PDinoTerm("original").gated
 
 

@@ -7,7 +7,7 @@ A family states these once, on its class (``Backbone`` subclasses inherit the de
 * ``patch_size``: pixels per token side (the frozen encoders' token grid and LPIPS's resize rule follow it);
 * ``input_size`` and ``in_channels``;
 * :meth:`Backbone.balance_parameter`: the weight at which the adaptive perceptual weight compares gradient
-  norms (the last layer before pixels; the original uses the final linear layer's weight).
+  norms (the last layer before pixels: the final linear layer's weight for JiT).
 
 :func:`backbone_of` looks through DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers, so the
 objective can be built from, and run with, a wrapped model.

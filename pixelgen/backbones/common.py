@@ -81,7 +81,7 @@ def register_family(
             return build(**{**config, **overrides})
 
         build_preset.__name__ = name
-        build_preset.__doc__ = f"{description}; keyword overrides use the original {argument_style} argument names."
+        build_preset.__doc__ = f"{description}; keyword overrides use {argument_style}'s argument names."
         return build_preset
 
     for name, (description, config) in presets.items():
@@ -122,9 +122,9 @@ def value_checks_skipped(like: torch.Tensor) -> bool:
 class JiTBase(Backbone):
     """Base of the JiT backbones.
 
-    Subclasses set ``arch``, ``cond_kind``, ``config`` (original constructor argument names), ``input_size``,
-    ``patch_size``, ``hidden_size``, ``in_channels`` and a frozen ``pos_embed`` parameter for the default grid;
-    the balance parameter is ``final_layer.linear.weight`` in both families.
+    Subclasses set ``arch``, ``cond_kind``, ``config`` (the released configs' constructor argument names),
+    ``input_size``, ``patch_size``, ``hidden_size``, ``in_channels`` and a frozen ``pos_embed`` parameter for the
+    default grid; the balance parameter is ``final_layer.linear.weight`` in both families.
 
     Two numerical settings, each a constructor keyword and a settable attribute:
 

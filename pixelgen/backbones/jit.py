@@ -1,9 +1,9 @@
-"""Class-to-image JiT (spec §2): a pixel-space DiT with x-prediction.
+"""Class-to-image JiT: a pixel-space DiT with x-prediction.
 
 Patch embedding (optionally through a low-rank bottleneck) + fixed 2-D sin-cos table, axial 2-D RoPE on q/k
 after QK-RMSNorm, SwiGLU feed-forward, adaLN-Zero conditioned on ``t_emb + y_emb``, and ``in_context_len``
-label tokens prepended from block ``in_context_start`` on. Parameter names equal the original's (§2.13), so
-``model.load_state_dict(original_state_dict)`` works strictly.
+label tokens prepended from block ``in_context_start`` on. Parameter names equal those of the released
+checkpoints, so ``model.load_state_dict(released_state_dict)`` works strictly.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ class FinalLayer(nn.Module):
 
 
 class JiT(JiTBase):
-    """Class-to-image JiT. Constructor arguments carry the original names.
+    """Class-to-image JiT. Constructor arguments carry the released configs' names.
 
     ``forward(x, t, y, *, return_layer=None)``:
       ``x`` (B, C, H, W) noisy image in [-1, 1]; H and W multiples of ``patch_size`` (any grid: the sin-cos table
@@ -137,8 +137,8 @@ class JiT(JiTBase):
       Returns x̂ (B, C, H, W). With ``return_layer=k`` returns ``(x̂, feature)``: the image tokens at the input
       of block k (the output of block k−1; in-context tokens stripped), shape (B, N, hidden); ``k = depth``
       gives the tokens after the last block.
-    Dropout (``attn_drop``, ``proj_drop``) is active only in blocks ``depth//4 <= i < (depth//4)·3``, the
-    original's range (none at depth 3; blocks 1-2 at depth 6).
+    Dropout (``attn_drop``, ``proj_drop``) is active only in blocks ``depth//4 <= i < (depth//4)·3``, as
+    the released models were trained (none at depth 3; blocks 1-2 at depth 6).
     """
 
     arch = "jit"
@@ -197,7 +197,7 @@ class JiT(JiTBase):
             self.in_context_posemb = nn.Parameter(torch.zeros(1, in_context_len, hidden_size))
         else:
             self.in_context_posemb = None
-        dropout_blocks = range(depth // 4, (depth // 4) * 3)  # the original's bound (not 3·depth//4)
+        dropout_blocks = range(depth // 4, (depth // 4) * 3)  # the trained bound (not 3·depth//4)
         self.blocks = nn.ModuleList(
             JiTBlock(
                 hidden_size,
@@ -217,7 +217,7 @@ class JiT(JiTBase):
         return self.in_context_len > 0 and self.in_context_start < self.depth
 
     def initialize_weights(self) -> None:
-        """The original initialisation (§2.10); the model then outputs exactly zero."""
+        """Xavier linears, zero adaLN modulations and final projection: the model then outputs exactly zero."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
@@ -343,5 +343,5 @@ JIT_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 build_jit = register_family(
-    "jit", JiT, "Class-to-image JiT from the original constructor arguments (+ attention_backend).", JIT_PRESETS, "JiT"
+    "jit", JiT, "Class-to-image JiT from the released configs' arguments (+ attention_backend).", JIT_PRESETS, "JiT"
 )

@@ -1,9 +1,9 @@
-"""Text-to-image JiT (spec §3): image tokens attend jointly over themselves and a refined text stream.
+"""Text-to-image JiT: image tokens attend jointly over themselves and a refined text stream.
 
 Linear-bottleneck patchify with (c, kh, kw) feature order (``F.unfold``/``F.fold``), fixed 2-D sin-cos table,
 a text embedder (Linear + RMSNorm) with learnt text positions, ``num_text_blocks`` text-refiner blocks, then
 ``num_blocks`` image blocks whose attention takes the refined text as extra keys/values (shared k_norm, no
-RoPE on text). adaLN is conditioned on the timestep alone. Parameter names equal the original's (§3.9).
+RoPE on text). adaLN is conditioned on the timestep alone. Parameter names equal those of the released checkpoint.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ class TextFinalLayer(nn.Module):
 
 
 class JiTT2I(JiTBase):
-    """Text-to-image JiT. Constructor arguments carry the original names (``num_groups`` = attention heads).
+    """Text-to-image JiT. Constructor arguments carry the released config's names (``num_groups`` = attention heads).
 
     ``forward(x, t, y, *, return_layer=None, text_mask=None)``:
       ``x`` (B, C, H, W) with H, W multiples of ``patch_size`` (other grids than the training one work: RoPE is
@@ -225,7 +225,7 @@ class JiTT2I(JiTBase):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """The original initialisation (§3.8); the model then outputs exactly zero."""
+        """Xavier linears, zero adaLN modulations and final projection: the model then outputs exactly zero."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
@@ -364,7 +364,7 @@ JIT_T2I_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 build_jit_t2i = register_family(
     "jit_t2i",
     JiTT2I,
-    "Text-to-image JiT from the original constructor arguments (+ attention_backend).",
+    "Text-to-image JiT from the released config's constructor arguments (+ attention_backend).",
     JIT_T2I_PRESETS,
     "JiT_T2I",
 )

@@ -38,13 +38,13 @@ __all__ = [
 ]
 
 
-@registries.conditioner.register("qwen3", frozen=True)
+@registries.conditioner.register("qwen3")
 def qwen3(**kwargs: Any) -> Qwen3TextConditioner:
     """Frozen Qwen3 text encoder (default Qwen/Qwen3-1.7B; model=<folder or HF id>)."""
     return load_qwen3_conditioner(**kwargs)
 
 
-@registries.conditioner.register("qwen3_tiny_random", frozen=True, random=True)
+@registries.conditioner.register("qwen3_tiny_random", random=True)
 def qwen3_tiny_random(**kwargs: Any) -> Qwen3TextConditioner:
     """Tiny random-weight Qwen3 with an offline BPE tokenizer (tests and CPU demos)."""
     return build_tiny_qwen3(**kwargs)

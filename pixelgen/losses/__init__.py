@@ -1,4 +1,4 @@
-"""The PixelGen training objective and its parts (spec §4).
+"""The PixelGen training objective and its parts.
 
 * :mod:`~pixelgen.losses.path`: CFG condition dropout (the path, time sampling and x->v are in :mod:`pixelgen.flow`);
 * :mod:`~pixelgen.losses.terms`: loss terms registered in ``registries.loss`` (``flow_matching``, ``repa``,
@@ -13,7 +13,7 @@ from __future__ import annotations
 from ..flow import interpolate, sample_t, time_shift, x_to_v
 from .balancer import Balancer
 from .context import LossContext
-from .objective import DEFAULT_ENCODERS, GATING_COMPUTE, UPSTREAM_LOG_NAMES, Objective
+from .objective import DEFAULT_ENCODERS, GATING_COMPUTE, Objective
 from .path import drop_condition
 from .presets import PRESET_ALIASES, PRESETS, build_objective, list_presets
 from .terms import PDINO_GATING, FlowMatchingTerm, LossTerm, LpipsTerm, PDinoTerm, RepaTerm, register_term
@@ -35,7 +35,6 @@ __all__ = [
     "PRESET_ALIASES",
     "GATING_COMPUTE",
     "DEFAULT_ENCODERS",
-    "UPSTREAM_LOG_NAMES",
     "sample_t",
     "time_shift",
     "interpolate",

@@ -50,10 +50,10 @@ class Balancer(nn.Module):
     to ``max_weight`` and w jumps towards it; ``"keep"`` leaves w unchanged when that gradient is absent or
     zero (such a batch says nothing about the perceptual gradient).
 
-    Differences from the original, both on purpose: ``d`` is averaged over processes when torch.distributed
-    is initialised (``sync=True``), so every rank uses the same weight; and ``w`` is part of the state dict
-    (``get_extra_state``), so a resumed run continues with it instead of restarting at 1. As in the original,
-    every micro-batch of a qualifying step updates it (gradient accumulation updates it repeatedly).
+    ``d`` is averaged over processes when torch.distributed is initialised (``sync=True``), so every rank uses
+    the same weight, and ``w`` is part of the state dict (``get_extra_state``), so a resumed run continues with
+    it (both listed in docs/parity.md). Every micro-batch of a qualifying step updates it (gradient
+    accumulation updates it repeatedly).
     """
 
     def __init__(

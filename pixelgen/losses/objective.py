@@ -1,4 +1,4 @@
-"""The PixelGen training objective: weighted loss terms, noise gating, adaptive perceptual weight (spec §4)."""
+"""The PixelGen training objective: weighted loss terms, noise gating, adaptive perceptual weight."""
 
 from __future__ import annotations
 
@@ -23,20 +23,11 @@ from .balancer import Balancer, balance_parameter
 from .context import LossContext
 from .path import drop_condition
 
-__all__ = ["Objective", "GATING_COMPUTE", "DEFAULT_ENCODERS", "UPSTREAM_LOG_NAMES"]
+__all__ = ["Objective", "GATING_COMPUTE", "DEFAULT_ENCODERS"]
 
 GATING_COMPUTE = ("subset", "masked")
 # Role of a frozen encoder -> the registered encoder built for it unless the objective is told otherwise.
 DEFAULT_ENCODERS = {"dinov2": "dinov2_vitb14", "lpips": "lpips"}
-# Our output keys -> the keys the original trainer logged (spec §4.9), for comparing training curves.
-UPSTREAM_LOG_NAMES = {
-    "flow_matching": "fm_loss",
-    "repa": "cos_loss",
-    "lpips": "lpips_loss",
-    "pdino": "dino_percept_loss",
-    "percept_weight": "percept_weight",
-    "loss": "loss",
-}
 
 
 class Objective(nn.Module):
@@ -68,12 +59,12 @@ class Objective(nn.Module):
             device, so no shape depends on the data and nothing waits for the host (the step can be captured
             as a CUDA graph; with ``check_finite=False`` and inside ``values_checked_by_caller()`` it makes
             no host sync). Both give the same values and gradients.
-        pdino_gating: ``"original"`` (default, the upstream broadcast behaviour) or ``"intended"``; see
-            :class:`~pixelgen.losses.terms.PDinoTerm`.
+        pdino_gating: ``"original"`` (default, the broadcast behaviour the released models were trained with)
+            or ``"intended"``; see :class:`~pixelgen.losses.terms.PDinoTerm`.
         percept_ratio: extra factor on the perceptual sum (1).
         balancer: a :class:`Balancer`, its keyword arguments as a dict, or ``None`` (w stays 1).
         balance_against: the term whose gradient the balancer matches (``"flow_matching"``).
-        time_distribution / p_mean / p_std / time_shift: training-time distribution (spec §4.2).
+        time_distribution / p_mean / p_std / time_shift: training-time distribution.
         t_eps: the x->v clamp of flow matching (0.05). noise_scale: std of ε (1).
         cond_drop_prob: CFG condition dropout (0.1); labels -> ``model.num_classes``, text -> ``batch['uncond']``.
         encoders: per role (``"dinov2"``, ``"lpips"``), a built encoder module or ``build_encoder`` arguments
@@ -85,7 +76,8 @@ class Objective(nn.Module):
             :meth:`check_values` on the output instead.
 
     Draws (without ``batch['seeds']``): CFG dropout uniforms ``rand(B)``, then the time normals ``randn(B)``,
-    then the noise ``randn(B, C, H, W)``, in the original's order, so a global torch seed gives its batches.
+    then the noise ``randn(B, C, H, W)``, in the original's order, so a global torch seed gives the reference
+    batches.
     """
 
     def __init__(
@@ -238,7 +230,7 @@ class Objective(nn.Module):
         self.balancer.set_extra_state(dict(state))
 
     def load_upstream_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Load the REPA projector from an original Lightning state dict (``diffusion_trainer.proj.*``)."""
+        """Load the REPA projector from a released Lightning state dict (``diffusion_trainer.proj.*``)."""
         if "repa" not in self.terms:
             raise KeyError("This objective has no 'repa' term to load projector weights into.")
         self.terms["repa"].load_upstream_state(state)

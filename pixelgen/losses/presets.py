@@ -1,4 +1,4 @@
-"""Objective presets: the paper's ablation ladder (spec §4.12) and ``build_objective``."""
+"""Objective presets: the paper's ablation ladder and ``build_objective``."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # training_repa_JiT_LPIPS: + LPIPS over all samples, with that trainer's default λ = 1.0.
     "jit_repa_lpips": dict(losses=_ALL[:3], weights={"lpips": 1.0}, percept_t_threshold=None),
     # training_repa_JiT_LPIPS_DINO: + P-DINO, both perceptual terms over all samples (no gating, no adaptive w),
-    # with that trainer's default λ_LPIPS = λ_P-DINO = 1.0 (the original ships no config for the ablation runs).
+    # with that trainer's default λ_LPIPS = λ_P-DINO = 1.0 (no config of the ablation runs was released).
     "jit_repa_lpips_pdino": dict(losses=_ALL, weights={"lpips": 1.0, "pdino": 1.0}, percept_t_threshold=None),
-    # PixelGen (…_NoiseGating): gating at t ≥ 0.3 (P-DINO with the upstream behaviour), adaptive w from 400k.
+    # PixelGen (…_NoiseGating): gating at t ≥ 0.3 (P-DINO's gate as released), adaptive w from 400k.
     "pixelgen": dict(
         losses=_ALL, percept_t_threshold=0.3, pdino_gating="original", balancer={"start_step": 400_000, "every": 50}
     ),

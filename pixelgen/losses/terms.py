@@ -6,7 +6,7 @@ which is what lets the objective gate them either on a subset of the batch or wi
 number. Class attributes declare what the objective must provide:
 
 * ``gated``: apply only to samples with t ≥ the perceptual threshold (the objective hands the term a subset);
-* ``perceptual``: scaled by the adaptive perceptual weight (spec §4.8, §4.9);
+* ``perceptual``: scaled by the adaptive perceptual weight in the total;
 * ``requires``: roles of the frozen encoders it reads (``"dinov2"``, ``"lpips"`` ...);
 * ``needs_feature``: the backbone must return its hidden tokens (``return_layer``);
 * ``default_weight``: λ when the objective's ``weights`` does not name the term.
@@ -61,10 +61,10 @@ class LossTerm(nn.Module):
 
 
 def register_term(name: str):
-    """Class decorator: register a :class:`LossTerm` under ``name`` with its declarations as metadata."""
+    """Class decorator: register a :class:`LossTerm` under ``name`` (its declarations are class attributes)."""
 
     def decorator(cls: type[LossTerm]) -> type[LossTerm]:
-        registries.loss.register(name, gated=cls.gated, perceptual=cls.perceptual, requires=cls.requires)(cls)
+        registries.loss.register(name)(cls)
         return cls
 
     return decorator
@@ -90,7 +90,7 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @register_term("flow_matching")
 class FlowMatchingTerm(LossTerm):
-    """Flow matching on velocities from x-predictions (spec §4.3).
+    """Flow matching on velocities from x-predictions.
 
     ``FM = mean (v̂ - v*)²`` with ``v̂ = (x̂ - x_t)/max(1-t, t_eps)``, ``v* = (x - x_t)/max(1-t, t_eps)``, i.e. the
     x-space MSE weighted by ``1/max(1-t, t_eps)²`` (capped at 400 for t_eps = 0.05).
@@ -114,10 +114,10 @@ class FlowMatchingTerm(LossTerm):
 
 @register_term("repa")
 class RepaTerm(LossTerm):
-    """REPA (spec §4.4): ``mean over (B, N) of 1 - cos(proj(h), DINOv2(clean raw image))``.
+    """REPA: ``mean over (B, N) of 1 - cos(proj(h), DINOv2(clean raw image))``.
 
     The projector is owned (and trained) here: Linear(H, H), SiLU, Linear(H, H), SiLU, Linear(H, D) with
-    PyTorch's default initialisation, stored as ``proj.0.{0,2,4}`` so the original trainer's
+    PyTorch's default initialisation, stored as ``proj.0.{0,2,4}`` so the released checkpoints'
     ``diffusion_trainer.proj.*`` weights load (:meth:`load_upstream_state`). The DINOv2 target is computed
     once per batch without gradient and shared with P-DINO. Never gated.
 
@@ -206,10 +206,10 @@ class RepaTerm(LossTerm):
 
 @register_term("lpips")
 class LpipsTerm(LossTerm):
-    """LPIPS between x̂ and x, both in [-1, 1] as they are (x̂ unclamped), per sample (spec §4.5). Gated.
+    """LPIPS between x̂ and x, both in [-1, 1] as they are (x̂ unclamped), per sample. Gated.
 
-    Resize rule of the original: only when ``patch_size != base_patch_size`` (16), both images are resized
-    bilinearly with antialiasing to side ``int(H·16/patch_size)`` (height used for both sides).
+    Resize rule (as the released models were trained): only when ``patch_size != base_patch_size`` (16), both
+    images are resized bilinearly with antialiasing to side ``int(H·16/patch_size)`` (height used for both sides).
     """
 
     gated = True
@@ -243,13 +243,13 @@ PDINO_GATING = ("original", "intended")
 
 @register_term("pdino")
 class PDinoTerm(LossTerm):
-    """P-DINO (spec §4.6): ``1 - mean cos(DINOv2((x̂+1)/2), DINOv2(raw))`` over tokens and samples.
+    """P-DINO: ``1 - mean cos(DINOv2((x̂+1)/2), DINOv2(raw))`` over tokens and samples.
 
     Gradients flow through the frozen DINOv2 into x̂ (unclamped); the clean-image features are the ones REPA
     already computed.
 
-    ``gating`` (spec §4.7):
-      * ``"original"`` (default, faithful): the upstream broadcast bug. With at least one sample at or above
+    ``gating``:
+      * ``"original"`` (default, faithful): the original's broadcast bug. With at least one sample at or above
         the threshold the value is ``1 - mean cos`` over *all* samples (no gating at all); with none, it is the
         constant 1 without gradient (and nothing is computed). The released checkpoints were trained so.
       * ``"intended"``: a real gated term: the masked mean over the samples with t ≥ threshold only (0

@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 for _cls in (EulerSampler, HeunSampler, AdamsSampler, EulerMaruyamaSampler):
-    registries.sampler.register(_cls.name, stochastic=_cls is EulerMaruyamaSampler)(_cls)
+    registries.sampler.register(_cls.name)(_cls)
 
 
 def build_sampler(name: str, /, **params: Any) -> Any:

@@ -9,4 +9,4 @@ import pixelgen
 def pixelgen_register(registries) -> None:
     from .focal_frequency import FocalFrequencyTerm
 
-    registries.loss.register("focal_frequency", gated=True, perceptual=True, requires=())(FocalFrequencyTerm)
+    registries.loss.register("focal_frequency")(FocalFrequencyTerm)
