@@ -61,7 +61,7 @@ def test_exact_final_step_converges_at_the_method_order(name, params, order):
 
 
 def test_default_clamp_does_not_converge_to_the_ode_solution():
-    """With t_eps = 0.05 the steps past t = 0.95 solve a different ODE (spec §5.10): the error levels off."""
+    """With t_eps = 0.05 the steps past t = 0.95 solve a different ODE (the clamp): the error levels off."""
     errors = final_errors("euler")
     assert errors[-1] > 0.1 and fitted_order(errors) < 0.7, errors
 

@@ -133,7 +133,7 @@ def test_denoiser_receives_batch_of_grid_times():
 
 
 def test_default_clamp_truncates_last_step_and_exact_final_step_lands_on_prediction():
-    """§5.10: Euler-50 (shift 1) moves the last step only 0.4 of the way to x̂; exact_final_step lands on it."""
+    """The t_eps clamp: Euler-50 (shift 1) moves the last step 0.4 of the way to x̂; exact_final_step lands on it."""
     target = torch.full((1, 3), 0.7)
     constant = lambda x, t, c: target.expand_as(x)  # noqa: E731
     x0 = torch.zeros(1, 3)

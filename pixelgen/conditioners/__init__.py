@@ -1,4 +1,4 @@
-"""Text conditioners: Qwen3 through ``transformers`` (spec §3.3), registered in ``registries.conditioner``.
+"""Text conditioners: Qwen3 through ``transformers``, registered in ``registries.conditioner``.
 
 ``build_conditioner("qwen3")`` loads ``Qwen/Qwen3-1.7B`` (offline-first); ``build_conditioner("qwen3",
 model="<folder or HF id>")`` any other; ``build_conditioner("qwen3_tiny_random")`` a tiny random encoder with an

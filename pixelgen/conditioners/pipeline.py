@@ -7,8 +7,8 @@ starts from the noise :func:`pixelgen.generate` gives sample ``n`` (a generator 
 so results do not depend on the batch size. With the conditioner's ``pad_mask`` the condition is the mapping
 ``{"emb", "mask"}``, which the samplers batch and the backbone reads.
 
-Fixes over the original demo: any height/width that is a multiple of the patch size (the original crashed
-off 512), a negative prompt that does not leak into later calls, and an optional key-padding mask.
+Any height/width that is a multiple of the patch size works, a negative prompt does not leak into later calls,
+and the key-padding mask is an option (docs/parity.md).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class GenerationResult:
 class TextToImagePipeline:
     """A T2I backbone plus its text conditioner.
 
-    ``autocast_dtype``: ``"auto"`` (bf16 on CUDA as the original demo, none elsewhere), a dtype, or None.
+    ``autocast_dtype``: ``"auto"`` (bf16 on CUDA, as the released model's demo; none elsewhere), a dtype, or None.
 
     ``pipe(prompts, num_images_per_prompt=4, seed=0)`` → :class:`GenerationResult`. Sampling settings are
     keyword arguments of the call (``sampler``, ``num_steps``, ``guidance``, ``timeshift``, ``order`` ...).

@@ -1,6 +1,6 @@
-"""Frozen Qwen3 text conditioner for the text-to-image model (spec §3.3).
+"""Frozen Qwen3 text conditioner for the text-to-image model.
 
-Behaviour kept from the original:
+What the released text-to-image model was trained with:
 
 * prompts are tokenised raw (no chat template), right-padded (and truncated) to ``max_length`` = 128 tokens;
 * the attention mask goes to Qwen, the feature is Qwen's **last hidden state** (after its final RMSNorm);
@@ -8,11 +8,11 @@ Behaviour kept from the original:
 * the unconditional embedding is the encoding of ``""`` (or of a negative prompt), repeated over the batch;
 * padding tokens are handed to the backbone **unmasked** (``pad_mask=False``, the default).
 
-Fixed on purpose (named options or plain bug fixes):
+Fixes (docs/parity.md):
 
 * ``pad_mask=True`` hands the backbone a key-padding mask (``text_mask=``), so padding cannot influence it;
-* the unconditional cache is keyed by the prompt text: the original overwrote its single cached entry with
-  the last negative prompt, so a later request without one silently reused it (spec §8, §10.1.7);
+* the unconditional cache is keyed by the prompt text, so a negative prompt never leaks into a later request
+  made without one;
 * a prompt longer than the token limit is truncated as before, but a warning says so once per conditioner.
 
 Weights follow the offline-first rule of :mod:`pixelgen.utils.hub`: an explicit folder, then the Hugging Face
@@ -101,13 +101,13 @@ class Qwen3TextConditioner(nn.Module):
     Args:
         model: a ``transformers`` Qwen3 (or compatible) base model returning the last hidden state first.
         tokenizer: its fast tokenizer; a pad token is required (Qwen's is ``<|endoftext|>``).
-        max_length: tokens per prompt after right padding / truncation (128 in the original).
+        max_length: tokens per prompt after right padding / truncation (128, as trained).
         embed_dim: channel width handed to the backbone; ``None`` = the encoder's hidden size. Narrower
-            encoders are zero-padded and wider ones truncated, as in the original.
+            encoders are zero-padded and wider ones truncated.
         pad_mask: ``False`` (default, parity) feeds padding tokens to the backbone unmasked; ``True`` makes
             :meth:`condition` carry the mask to the backbone so it ignores them.
-        output_dtype: dtype of the returned embeddings. float32 by default: the original casts to bf16 after a
-            bf16 encoder, whose outputs are already bf16 values, so float32 holds them exactly and needs no
+        output_dtype: dtype of the returned embeddings. float32 by default: a bf16 encoder's outputs are bf16
+            values, so float32 holds them exactly and needs no
             autocast downstream.
         source: how the encoder was named (recorded with checkpoints so ``pixelgen generate`` can rebuild it).
     """
@@ -227,7 +227,7 @@ class Qwen3TextConditioner(nn.Module):
 
     def condition(self, encoding: TextEncoding) -> torch.Tensor | dict[str, torch.Tensor]:
         """The backbone's condition for ``encoding``: with ``pad_mask`` the mapping ``{"emb", "mask"}``, else the
-        embeddings alone (the original attends to padding tokens)."""
+        embeddings alone (padding tokens attended to, as trained)."""
         return encoding.condition(self.pad_mask)
 
 
@@ -271,8 +271,8 @@ def load_qwen3_conditioner(
 ) -> Qwen3TextConditioner:
     """Load a Qwen3 text conditioner from a folder or Hugging Face id (offline-first, see module doc).
 
-    ``dtype`` defaults to bf16 on CUDA (as the original) and float32 elsewhere. ``compile=True`` compiles the
-    encoder's forward (the original compiled it).
+    ``dtype`` defaults to bf16 on CUDA (as the released model ran it) and float32 elsewhere. ``compile=True``
+    compiles the encoder's forward.
     """
     from ..utils.extras import require_extra
 

@@ -48,7 +48,7 @@ class Step:
 class Sampler:
     """Integrates an x-prediction flow model from noise (t = 0) to data (t = 1) on a fixed time grid.
 
-    Parameters (the original's names):
+    Parameters (the released configs' names):
 
     - ``num_steps``: N, the number of intervals of the grid (the original's constructors default to 250; every
       config sets it, pixelgen defaults to 50).

@@ -1,8 +1,8 @@
 """Classifier-free guidance with a time interval, in velocity space, over structured conditions.
 
-The original doubles the batch on every evaluation, even with guidance 1. Here a step runs the doubled batch
-only when guidance is active at that step; otherwise it pushes the conditional rows alone. When it doubles,
-the halves are ordered (unconditional, conditional) exactly as the original, in one batched call.
+A step runs the doubled batch only when guidance is active at that step; otherwise it pushes the conditional
+rows alone (half the work, same result). When it doubles, the halves are ordered (unconditional, conditional)
+in one batched call, so the numbers match the original's.
 
 A condition is a tensor (class labels (B,), text embeddings (B, L, D)) or a mapping of conditions (e.g.
 ``{"emb": (B, L, D), "mask": (B, L)}``): doubling concatenates leaf by leaf, so whatever rides along with the
