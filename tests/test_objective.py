@@ -433,6 +433,13 @@ def test_objective_built_from_the_model_reads_the_backbone_protocol(dino, lpips_
     obj = build_objective("pixelgen", model=model, align_layer=1, encoders={"dinov2": dino, "lpips": lpips_net})
     assert obj.terms["repa"].proj[0][0].in_features == model.hidden_size == 32
     assert obj.terms["lpips"].patch_size == 8  # LPIPS's resize rule follows the backbone's patch size
+    fixed = build_objective(
+        "pixelgen",
+        model=model,
+        encoders={"dinov2": dino, "lpips": lpips_net},
+        term_options={"lpips": {"patch_size": 16}},
+    )
+    assert fixed.terms["lpips"].patch_size == 16  # the original trainer's fixed argument, when asked
     same = Objective.from_model(model, "pixelgen", align_layer=1, encoders={"dinov2": dino, "lpips": lpips_net})
     assert same.terms["lpips"].patch_size == 8 and same.hidden_size == 32
     built = build_objective(

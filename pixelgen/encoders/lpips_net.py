@@ -8,6 +8,7 @@ The calibrated linear heads ship inside the package and are always loaded from i
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -48,6 +49,13 @@ def lpips_weight_source(net: str) -> WeightSource:
         description=f"the LPIPS {net} trunk (torchvision ImageNet weights)",
         option=f"build_encoder('lpips', net='{net}', weights=<path>) (objective: encoders={{'lpips': {{'weights': <path>}}}})",
     )
+
+
+def _without_autocast(device_type: str):
+    """Autocast switched off on ``device_type`` (a no-op where autocast does not exist, e.g. the meta device)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _unit_channels(features: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
@@ -152,7 +160,7 @@ class LPIPSEncoder(FrozenEncoder):
         for k, (a, b) in enumerate(zip(*features)):
             diff = (_unit_channels(a) - _unit_channels(b)) ** 2
             conv = m.lins[k].model[-1]  # the calibrated 1x1 head (its dropout is off in eval mode)
-            with torch.autocast(diff.device.type, enabled=False):
+            with _without_autocast(diff.device.type):
                 layer = F.conv2d(diff, conv.weight.to(diff.dtype)).mean(dim=(2, 3), keepdim=True)
             total = layer if total is None else total + layer
         return total.reshape(pred.shape[0])
