@@ -174,8 +174,8 @@ def run(args) -> int:
     import torch
 
     from pixelgen.checkpoint import load_pretrained
+    from pixelgen.distributed import cleanup_distributed, setup_distributed
     from pixelgen.eval.generation import generate_class_samples
-    from pixelgen.train.distributed import cleanup_distributed, setup_distributed
 
     info = setup_distributed(args.device)
     if args.geneval or args.dpg:

@@ -20,7 +20,6 @@ from .generation import (
     class_balanced_labels,
     generate_class_samples,
 )
-from .grids import save_png, tile_images
 from .images import ImageSet, open_images, open_npz_array, write_uint8_npz
 from .inception import INCEPTION_WEIGHTS, InceptionFeatures, build_inception
 from .metrics import METRICS, evaluate, extract_features, inception_score, load_reference, precision_recall
@@ -37,8 +36,6 @@ __all__ = [
     "check_class_count",
     "class_balanced_labels",
     "generate_class_samples",
-    "save_png",
-    "tile_images",
     "ImageSet",
     "open_images",
     "open_npz_array",

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pixelgen.eval.grids import save_png, tile_images
 from pixelgen.eval.images import open_npz_array, write_uint8_npz
+from pixelgen.utils.images import make_image_grid, save_image
 from pixelgen.utils.io import atomic_save_json, atomic_write
 from pixelgen.utils.versions import software_versions
 
@@ -135,10 +135,10 @@ def _write_grids(samples: Path, out: Path, per_class: int, num: int, max_grids: 
     classes_used = math.ceil(num / per_class)
     written = []
     picks = np.unique(np.linspace(0, classes_used - 1, min(64, classes_used)).round().astype(int))
-    written.append(save_png(tile_images(np.asarray(arr[picks * per_class]), padding=2), out / "grid_classes.png"))
+    written.append(save_image(make_image_grid(np.asarray(arr[picks * per_class])), out / "grid_classes.png"))
     for c in np.unique(np.linspace(0, classes_used - 1, max(0, max_grids - 1)).round().astype(int)):
         first, stop = c * per_class, min(c * per_class + min(per_class, 16), num)
-        written.append(save_png(tile_images(np.asarray(arr[first:stop]), padding=2), out / f"grid_class{c:04d}.png"))
+        written.append(save_image(make_image_grid(np.asarray(arr[first:stop])), out / f"grid_class{c:04d}.png"))
     return written
 
 
@@ -174,9 +174,9 @@ def generate_class_samples(
     """
     import torch.distributed as dist
 
+    from pixelgen.distributed import barrier, broadcast_object
     from pixelgen.generate import generate
     from pixelgen.samplers import build_sampler
-    from pixelgen.train.distributed import barrier, broadcast_object
 
     started = time.time()
     out = Path(out_dir)

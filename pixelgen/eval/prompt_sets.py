@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pixelgen.eval.grids import save_png, tile_images
 from pixelgen.generate import generate_batches, initial_noise
 from pixelgen.samplers.presets import sampling_preset
+from pixelgen.utils.images import make_image_grid, save_image
 from pixelgen.utils.io import atomic_write
 
 __all__ = [
@@ -258,7 +258,7 @@ def generate_geneval(
         negative_prompt=negative_prompt,
         progress=progress,
     ):
-        save_png(image, image_path(item, seed))
+        save_image(image, image_path(item, seed))
     for item in items:
         meta = out / item.key / "metadata.jsonl"
         if not meta.is_file():
@@ -317,7 +317,7 @@ def generate_dpg(
     ):
         pending.setdefault(item.key, []).append(image)
         if len(pending[item.key]) == len(seeds):  # jobs come in seed order, prompt by prompt
-            save_png(tile_images(np.stack(pending.pop(item.key)), columns=side), out / f"{item.key}.png")
+            save_image(make_image_grid(np.stack(pending.pop(item.key)), nrow=side, padding=0), out / f"{item.key}.png")
     return out
 
 

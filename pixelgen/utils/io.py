@@ -1,7 +1,11 @@
-"""Safe, atomic checkpoint I/O.
+"""Safe, atomic file I/O.
 
-* Writes go to a temporary file in the same directory, are fsync'ed, then renamed over the target, so a
-  crash never leaves a half-written file under the final name.
+* Writes go to a temporary file in the same directory (``.<name>.<pid>.<token>.tmp``, created with the
+  process's umask like any other file), are fsync'ed, then renamed over the target, so a crash never leaves a
+  half-written file under the final name. :func:`remove_stale_temporaries` deletes the temporaries of
+  processes that died mid-write, never those of a live writer.
+* A full disk or a folder that cannot be written is reported in one sentence (:class:`DiskFullError`,
+  :class:`FolderNotWritableError`), and the target keeps its previous content.
 * Weights are stored as safetensors; anything else is read with ``torch.load(weights_only=True)``.
   A file that ``weights_only`` refuses is only read as a pickle when the caller passes ``trust_pickle=True``.
 """
@@ -9,10 +13,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
-import tempfile
+import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +32,12 @@ __all__ = [
     "save_safetensors",
     "load_safetensors",
     "safe_torch_load",
+    "remove_stale_temporaries",
+    "pid_alive",
     "CheckpointError",
+    "WriteError",
+    "DiskFullError",
+    "FolderNotWritableError",
 ]
 
 
@@ -34,15 +45,85 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, corrupt, truncated or of an unexpected format."""
 
 
+class WriteError(OSError):
+    """A file could not be written; the message says why in one sentence and the target is unchanged."""
+
+    def __str__(self) -> str:  # the sentence alone, without OSError's "[Errno N]" prefix
+        return self.strerror or super().__str__()
+
+
+class DiskFullError(WriteError):
+    """No space left on the device that holds the target."""
+
+
+class FolderNotWritableError(WriteError):
+    """The target's folder is read-only or not writable by this process."""
+
+
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NOT_WRITABLE = {errno.EACCES, errno.EROFS, errno.EPERM}
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _write_error(exc: BaseException, path: Path, size_hint: int | None) -> WriteError | None:
+    """Translate a failed write into one sentence, or None when it is not about space or permissions."""
+    code = getattr(exc, "errno", None)
+    text = str(exc)
+    if code is None and "file write failed" in text:  # torch.save's C++ writer drops errno: look at the disk
+        try:
+            free = shutil.disk_usage(_existing_parent(path.parent)).free
+        except OSError:
+            free = None
+        if free is not None and (size_hint is None or free < size_hint):
+            code = errno.ENOSPC
+    if code in _NO_SPACE:
+        where = _existing_parent(path.parent)
+        try:
+            free_mb = f", {shutil.disk_usage(where).free / 2**20:.0f} MB free"
+        except OSError:
+            free_mb = ""
+        need = f"need about {max(1, round(size_hint / 2**20))} MB" if size_hint else "the file did not fit"
+        return DiskFullError(
+            code,
+            f"No space left on device {_mount_point(where)} ({need}{free_mb}) while writing {path}; "
+            "the previous file is kept.",
+        )
+    if code in _NOT_WRITABLE:
+        return FolderNotWritableError(
+            code, f"Cannot write folder {path.parent} (read-only or no permission); the previous file is kept."
+        )
+    return None
+
+
+def _temp_path(path: Path) -> Path:
+    return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it is fsync'ed and renamed onto ``path``."""
+def atomic_write(path: str | os.PathLike, *, size_hint: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is fsync'ed and renamed onto ``path``.
+
+    ``size_hint`` (bytes) only improves the message when the disk is full.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_path = _temp_path(path)
+        # O_EXCL with mode 0o666: the kernel applies the umask, as for any file the user creates.
+        os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
@@ -53,14 +134,64 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, WriteError):
+            raise
+        translated = _write_error(exc, path, size_hint)
+        if translated is None:
+            raise
+        raise translated from exc
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        if tmp_path is not None:
+            with contextlib.suppress(OSError):
+                tmp_path.unlink()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (a process we may not signal counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, *, recursive: bool = True) -> list[Path]:
+    """Delete the atomic writer's temporaries (``.<name>.<pid>.<token>.tmp``) under ``folder`` whose writing
+    process is no longer alive: a process killed mid-write leaves one; a live writer's is never touched."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"):
+        parts = p.name.split(".")
+        # ['', name..., pid, token, 'tmp']; files of the old naming (no pid) were always the writer's own
+        pid = int(parts[-3]) if len(parts) >= 5 and parts[-3].isdigit() else None
+        if not p.is_file() or (pid is not None and pid_alive(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file, then rename."""
-    with atomic_write(path) as tmp:
+    with atomic_write(path, size_hint=_tensor_bytes(obj)) as tmp:
         torch.save(obj, tmp)
     return Path(path)
 
@@ -77,7 +208,7 @@ def save_safetensors(
     from safetensors.torch import save_file
 
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    with atomic_write(path) as tmp:
+    with atomic_write(path, size_hint=_tensor_bytes(clean)) as tmp:
         save_file(clean, str(tmp), metadata=metadata)
     return Path(path)
 
