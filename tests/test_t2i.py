@@ -13,9 +13,9 @@ from pixelgen.checkpoint import save_pretrained
 from pixelgen.cli import main as cli_main
 from pixelgen.conditioners import build_tiny_qwen3
 from pixelgen.conditioners.pipeline import TextToImagePipeline, save_text_encoder_spec
-from pixelgen.train.text import TextBatchEncoder, attach_text_mask_unpacking, pack_text_condition
 from pixelgen.generate import generate
 from pixelgen.samplers import build_sampler
+from pixelgen.train.text import TextBatchEncoder, attach_text_mask_unpacking, pack_text_condition
 
 TINY_T2I = dict(
     input_size=16, patch_size=4, hidden_size=32, num_groups=2, num_blocks=2, num_text_blocks=1,

@@ -174,7 +174,7 @@ def test_ema_updates_once_per_optimiser_step_with_accumulation(tmp_path):
 
 # -- device -----------------------------------------------------------------------------------------------
 def test_training_device_is_this_ranks_gpu(monkeypatch):
-    from pixelgen.train.distributed import training_device
+    from pixelgen.distributed import training_device
 
     monkeypatch.setenv("LOCAL_RANK", "3")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -72,7 +72,11 @@ def user_message(exc: BaseException) -> str:
 # Library errors of modules that import torch, found without importing them (an error of a module can only be
 # raised once it is imported): user errors (a corrupt or pickled checkpoint) and failed runs.
 _LAZY_USER_ERRORS = {"pixelgen.utils.io": ("CheckpointError",)}
-_LAZY_RUN_FAILURES = {"pixelgen.train.trainer": ("TrainingDiverged",)}
+_LAZY_RUN_FAILURES = {
+    "pixelgen.train.trainer": ("TrainingDiverged",),
+    "pixelgen.utils.io": ("WriteError",),  # a full disk, a folder that cannot be written
+    "pixelgen.distributed": ("RankStoppedAnswering",),
+}
 
 
 def _lazy(table: dict[str, tuple[str, ...]]) -> tuple[type[BaseException], ...]:

@@ -26,6 +26,7 @@ HELP = (
     " (class-to-image checkpoint: Heun, 50 steps)"
 )
 
+
 def _default_preset(kind: str):
     """Text models: the registered ``t2i_default`` sampling preset (the released model's); class models: those of
     `pixelgen sample` (Heun, 50 steps, no guidance, shift 1)."""

@@ -93,6 +93,11 @@ def add_train_arguments(p: argparse.ArgumentParser, *, default_preset: str | Non
         metavar="PATH",
         help="resume from PATH, or from <out>/checkpoints/latest.pt when no PATH is given",
     )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in a run folder that already holds a run (removes its outputs)",
+    )
     run.add_argument("--print-config", action="store_true", help="print the resolved configuration as JSON and exit")
     run.add_argument(
         "--no-progress", action="store_true", help="no progress bars (logs and metrics.jsonl still written)"
@@ -388,13 +393,8 @@ def run(args: argparse.Namespace) -> int:
                 if not Path(config.data.root).is_dir():
                     write_demo_caption_folder(config.data.root, config.data.resolution)
             check_data(config, needs_init=needs, resume=args.resume)
-            resume = args.resume
-            if resume == "auto":
-                from pixelgen.train import CheckpointManager
-
-                if CheckpointManager(config.out_dir).find_resume() is None:
-                    resume = None  # nothing to continue yet: start the stage (from init_from when given)
-            result = train(config, resume=resume, progress=not args.no_progress)
+            # resume="auto" with nothing to continue yet starts the stage (from init_from when given)
+            result = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
             stages[config.name] = _summary(result)
             if result.stopped != "interrupted":
                 stages[config.name].update(_demo_figures(config, result))

@@ -10,6 +10,7 @@ Quick start (single process; ``torchrun --nproc_per_node=N`` runs the same code 
 Recipes (``recipes/imagenet256.py``) build the config from a preset plus ``--set key=value`` overrides.
 """
 
+from ..distributed import DistInfo, RankStoppedAnswering, setup_distributed
 from .checkpointing import CheckpointManager, capture_rng_state, load_training_checkpoint, restore_rng_state
 from .config import (
     DataConfig,
@@ -22,11 +23,13 @@ from .config import (
     apply_overrides,
     parse_override_value,
 )
-from .distributed import DistInfo, setup_distributed
 from .ema import EMA
-from .metrics import MetricsLogger, plot_loss_curve, read_metrics, save_image_grid
+from .metrics import MetricsLogger, RunLog, plot_loss_curve, read_metrics
+from .parallel import TrainModules
 from .posthoc_ema import PostHocEMA
-from .trainer import Trainer, TrainingDiverged, TrainModules, TrainResult, autocast_dtype_for, sample_seeds, train
+from .run_folder import RunFolderError, RunLock
+from .seeding import sample_seeds
+from .trainer import StepRecord, Trainer, TrainingDiverged, TrainResult, autocast_dtype_for, train
 
 __all__ = [
     "CheckpointManager",
@@ -36,6 +39,11 @@ __all__ = [
     "MetricsLogger",
     "ModelConfig",
     "ObjectiveConfig",
+    "RankStoppedAnswering",
+    "RunFolderError",
+    "RunLock",
+    "RunLog",
+    "StepRecord",
     "OptimConfig",
     "PostHocEMA",
     "PostHocEMAConfig",
@@ -54,7 +62,6 @@ __all__ = [
     "read_metrics",
     "restore_rng_state",
     "sample_seeds",
-    "save_image_grid",
     "setup_distributed",
     "train",
 ]

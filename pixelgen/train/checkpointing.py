@@ -100,21 +100,12 @@ class CheckpointManager:
     def snapshot_path(self, step: int) -> Path:
         return self.dir / f"step_{step:07d}.pt"
 
-    def remove_stale_temporaries(self) -> list[Path]:
-        """Delete temp files left by a process killed mid-write (they never replaced a finished file)."""
-        if not self.dir.is_dir():
-            return []
-        stale = [p for p in self.dir.glob(".*.tmp") if p.is_file()]
-        for p in stale:
-            p.unlink(missing_ok=True)
-        return stale
-
     def save(self, state: dict[str, Any], *, keep: bool = False) -> Path:
         """Atomically replace ``latest.pt`` with ``state``; with ``keep`` also keep a numbered copy."""
         state = {"format": CHECKPOINT_FORMAT, **state}
         atomic_save(state, self.latest)
         if keep:
-            with atomic_write(self.snapshot_path(int(state["step"]))) as tmp:
+            with atomic_write(self.snapshot_path(int(state["step"])), size_hint=self.latest.stat().st_size) as tmp:
                 shutil.copyfile(self.latest, tmp)
         return self.latest
 

@@ -179,6 +179,7 @@ class TrainConfig:
     device: str | None = None  # None: cuda:<local_rank> when CUDA is available, else cpu
     num_threads: int | None = None  # torch.set_num_threads for this process; None keeps torch's default
     text: TextConfig | None = None
+    dist_timeout_minutes: float = 10.0  # a collective waiting longer than this ends every rank, naming the silent one
 
     def __post_init__(self) -> None:
         self.validate()
@@ -214,6 +215,12 @@ class TrainConfig:
             (
                 self.num_threads is None or self.num_threads >= 1,
                 f"num_threads must be >= 1 or null, got {self.num_threads}.",
+            ),
+            (
+                not isinstance(self.dist_timeout_minutes, bool)
+                and isinstance(self.dist_timeout_minutes, (int, float))
+                and self.dist_timeout_minutes > 0,
+                f"dist_timeout_minutes must be a positive number, got {self.dist_timeout_minutes!r}.",
             ),
             (self.sample.every >= 1, f"sample.every must be >= 1, got {self.sample.every}."),
             (self.sample.num_images >= 0, f"sample.num_images must be >= 0, got {self.sample.num_images}."),

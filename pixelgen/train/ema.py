@@ -52,10 +52,19 @@ class EMA:
         return live, avg
 
     @torch.no_grad()
-    def update(self) -> None:
-        """One EMA step; call once per optimiser step (not per micro-batch)."""
+    def update(self, where: torch.Tensor | None = None) -> None:
+        """One EMA step; call once per optimiser step (not per micro-batch).
+
+        ``where``: a 0-d bool tensor on the device; where it is False the average is left as it is (a step the
+        trainer skipped on the device), without reading the flag back to the host.
+        """
         live, avg = self._pairs
         if not live:
+            return
+        if where is not None:
+            keep = torch.where(where, self.decay, 1.0).to(device=avg[0].device, dtype=torch.float32)
+            torch._foreach_mul_(avg, keep)
+            torch._foreach_add_(avg, torch._foreach_mul(live, (1.0 - keep).to(live[0].dtype)))
             return
         torch._foreach_mul_(avg, self.decay)
         # The live weights go in as they are (no per-step detach/cast list): under no_grad nothing is recorded,

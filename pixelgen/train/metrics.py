@@ -1,27 +1,29 @@
-"""Run logs: JSON lines (always), TensorBoard (when installed), a loss-curve PNG and sample-grid PNGs.
+"""Run logs: ``metrics.jsonl`` (always), ``train.log`` (lines a person reads), TensorBoard (when installed) and
+a loss-curve PNG (matplotlib, when installed).
 
 Only rank 0 writes. ``metrics.jsonl`` gets one object per logged step (``{"step": ..., "loss": ..., ...}``)
-and one per event (``{"event": "skipped_step", ...}``); it is appended to on resume, so it reads as one history.
+and one per event (``{"event": "skipped_step", ...}``); a resumed run first drops the rows after its step, so
+the file reads as one history with no step twice. ``train.log`` gets a line every ``log_every`` steps (step,
+loss terms, images/s, ETA) and every event, with a time stamp; the same lines go to the ``pixelgen`` logger
+when no progress bar is shown.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
 import os
-import textwrap
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 from ..utils.io import atomic_write
 
-__all__ = ["MetricsLogger", "read_metrics", "plot_loss_curve", "save_image_grid"]
+__all__ = ["MetricsLogger", "RunLog", "read_metrics", "plot_loss_curve", "format_progress", "format_duration"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,72 @@ class MetricsLogger:
             self._tb = None
 
 
+class RunLog:
+    """``<run>/train.log``: time-stamped lines, appended (a resumed run continues the same file)."""
+
+    def __init__(self, out_dir: str | os.PathLike, *, enabled: bool = True, echo: bool = False):
+        self.path = Path(out_dir) / "train.log"
+        self.enabled = enabled
+        self.echo = echo  # also send progress lines to the pixelgen logger (no progress bar on screen)
+        self._file = None
+
+    def _write(self, line: str) -> None:
+        if not self.enabled:
+            return
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", buffering=1)  # line-buffered: readable while the run goes on
+        stamp = datetime.datetime.now().isoformat(sep=" ", timespec="seconds")
+        self._file.write(f"{stamp}  {line}\n")
+
+    def progress(self, line: str) -> None:
+        self._write(line)
+        if self.enabled and self.echo:
+            log.info(line)
+
+    def info(self, line: str) -> None:
+        self._write(line)
+        if self.enabled:
+            log.info(line)
+
+    def warning(self, line: str) -> None:
+        self._write(f"WARNING {line}")
+        if self.enabled:
+            log.warning(line)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s"
+
+
+def format_progress(step: int, max_steps: int, values: dict[str, float], images_per_s: float, eta_s: float) -> str:
+    """``step 100/800000  loss 0.1234  flow_matching 0.1  ...  12.3 img/s  ETA 3h12m`` (one line)."""
+    width = len(str(max_steps))
+    terms = "  ".join(
+        f"{k} {v:.4g}" for k, v in values.items() if k not in {"images_per_s", "lr"} and isinstance(v, (int, float))
+    )
+    lr = values.get("lr")
+    lr_part = f"  lr {lr:.3g}" if isinstance(lr, (int, float)) else ""
+    return (
+        f"step {step:>{width}d}/{max_steps}  {terms}{lr_part}  {images_per_s:.1f} img/s  ETA {format_duration(eta_s)}"
+    )
+
+
 def _plain(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
         v = v.item() if v.numel() == 1 else v.tolist()
@@ -77,85 +145,67 @@ def _plain(v: Any) -> Any:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All step records (not events) of a ``metrics.jsonl`` file."""
+    """All step records (not events) of a ``metrics.jsonl`` file (a line cut off by a kill is skipped)."""
     rows = []
     for line in Path(path).read_text().splitlines():
         if line.strip():
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
             if "event" not in row:
                 rows.append(row)
     return rows
 
 
+_warned_no_matplotlib = False
+
+
 def plot_loss_curve(
-    records: Sequence[dict[str, Any]], path: str | os.PathLike, *, key: str = "loss", size: tuple[int, int] = (640, 360)
-) -> Path | None:
-    """Draw ``key`` against ``step`` (log-scale y) as a PNG with PIL; returns None when there is nothing to draw."""
-    pts = [
-        (r["step"], r[key])
-        for r in records
-        if isinstance(r.get(key), (int, float)) and math.isfinite(r[key]) and r[key] > 0
-    ]
-    if len(pts) < 2:
-        return None
-    w, h = size
-    left, right, top, bottom = 70, 20, 30, 40
-    steps = np.array([p[0] for p in pts], dtype=np.float64)
-    vals = np.log10(np.array([p[1] for p in pts], dtype=np.float64))
-    s0, s1 = steps.min(), max(steps.max(), steps.min() + 1)
-    v0, v1 = vals.min(), max(vals.max(), vals.min() + 1e-6)
-    xs = left + (steps - s0) / (s1 - s0) * (w - left - right)
-    ys = top + (1 - (vals - v0) / (v1 - v0)) * (h - top - bottom)
-    img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img)
-    draw.rectangle([left, top, w - right, h - bottom], outline="black")
-    for frac in (0.0, 0.5, 1.0):  # three y ticks, labelled with the loss value
-        y = top + (1 - frac) * (h - top - bottom)
-        draw.line([left - 4, y, left, y], fill="black")
-        draw.text((4, y - 6), f"{10 ** (v0 + frac * (v1 - v0)):.3g}", fill="black")
-    draw.line(list(zip(xs.tolist(), ys.tolist())), fill=(31, 119, 180), width=2)
-    draw.text((left, h - bottom + 8), f"step {int(s0)}", fill="black")
-    draw.text((w - right - 90, h - bottom + 8), f"step {int(steps.max())}", fill="black")
-    draw.text((left, 8), f"{key} (log scale)", fill="black")
-    with atomic_write(path) as tmp:
-        img.save(tmp, format="PNG")
-    return Path(path)
-
-
-def save_image_grid(
-    images: torch.Tensor,
+    records: Sequence[dict[str, Any]],
     path: str | os.PathLike,
     *,
-    nrow: int | None = None,
-    captions: Iterable[str] | None = None,
-    pad: int = 2,
-    min_side: int = 64,
-) -> Path:
-    """Tile uint8 (N, 3, H, W) images into one PNG, optionally with a caption (class name, prompt) wrapped in
-    full under each image; images smaller than ``min_side`` are enlarged by an integer factor (nearest)."""
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be a uint8 (N, 3, H, W) tensor, got {images.dtype} {tuple(images.shape)}.")
-    captions = list(captions) if captions is not None else None
-    if captions is not None and len(captions) != images.shape[0]:
-        raise ValueError(f"Got {images.shape[0]} images but {len(captions)} captions.")
-    if min(images.shape[-2:]) < min_side:  # small demo images: enlarge (nearest) so the grid is readable
-        factor = -(-min_side // min(images.shape[-2:]))
-        images = images.repeat_interleave(factor, dim=-1).repeat_interleave(factor, dim=-2)
-    n, _, h, w = images.shape
-    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
-    rows = math.ceil(n / nrow)
-    line_h = 11
-    wrapped = [textwrap.wrap(str(c), max(8, w // 6)) or ["(empty)"] for c in captions] if captions else None
-    cap_h = line_h * max(len(lines) for lines in wrapped) + 2 if wrapped else 0
-    canvas = Image.new("RGB", (nrow * (w + pad) + pad, rows * (h + pad + cap_h) + pad), "white")
-    draw = ImageDraw.Draw(canvas)
-    arr = images.permute(0, 2, 3, 1).cpu().numpy()
-    for i in range(n):
-        r, c = divmod(i, nrow)
-        x, y = pad + c * (w + pad), pad + r * (h + pad + cap_h)
-        canvas.paste(Image.fromarray(arr[i]), (x, y))
-        for k, line in enumerate(wrapped[i] if wrapped else ()):
-            draw.text((x, y + h + 1 + k * line_h), line, fill="black")
+    keys: Sequence[str] | None = None,
+    size: tuple[int, int] = (640, 360),
+) -> Path | None:
+    """Draw the loss (and its terms) against the step, log-scale y, with matplotlib; returns None when there is
+    nothing to draw or matplotlib is not installed (said once)."""
+    global _warned_no_matplotlib
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        if not _warned_no_matplotlib:
+            log.warning("matplotlib is not installed, so no loss curve is drawn (pip install 'pixelgen[train]').")
+            _warned_no_matplotlib = True
+        return None
+    if keys is None:
+        skip = {"step", "lr", "images_per_s", "grad_norm", "percept_weight"}
+        keys = ["loss"] + sorted({k for r in records for k in r if k not in skip and k != "loss"})
+    series = {}
+    for key in keys:
+        pts = [
+            (r["step"], r[key])
+            for r in records
+            if isinstance(r.get(key), (int, float)) and math.isfinite(r[key]) and r[key] > 0
+        ]
+        if len(pts) >= 2:
+            series[key] = pts
+    if "loss" not in series:
+        return None
+    dpi = 100
+    fig = Figure(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for key, pts in series.items():
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=key, linewidth=2 if key == "loss" else 1)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (log scale)")
+    ax.grid(True, which="both", alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
     with atomic_write(path) as tmp:
-        canvas.save(tmp, format="PNG")
+        fig.savefig(tmp, format="png", dpi=dpi)
     return Path(path)

@@ -23,7 +23,8 @@ from torch import nn
 
 from ..conditioners.pipeline import TextToImagePipeline, check_text_compatible, save_text_encoder_spec
 from ..conditioners.qwen3 import Qwen3TextConditioner, TextEncoding, check_prompts
-from .metrics import save_image_grid
+from ..distributed import barrier
+from ..utils.images import save_image_grid
 from .trainer import Trainer
 
 __all__ = ["TextBatchEncoder", "attach_text_mask_unpacking", "T2ITrainer"]
@@ -111,7 +112,7 @@ class T2ITrainer(Trainer):
             if text is None:
                 raise ValueError("A text-to-image run needs config.text (the text encoder) or a conditioner.")
             from ..conditioners import build_conditioner_from_spec
-            from .distributed import training_device
+            from ..distributed import training_device
 
             conditioner = build_conditioner_from_spec(
                 text.encoder, pad_mask=text.pad_mask, device=training_device(config.device)
@@ -155,12 +156,10 @@ class T2ITrainer(Trainer):
                     result.images,
                     self.out_dir / "samples" / f"step_{self.step:07d}.png",
                     captions=result.prompts,
-                    pad=4,
+                    padding=4,
                     min_side=128,
                 )
                 self.logger.event(self.step, "samples", path=str(path))
-        from .distributed import barrier
-
         barrier()
         return path
 
