@@ -244,15 +244,14 @@ def test_startup_removes_only_dead_writers_temporaries(tmp_path):
         (["sample.params.num_steps=0"], "num_steps"),
         (["sample.sampler=huen"], "heun"),
         (["sample.params.guidence=2.0"], "guidance"),
-        (["sample.labels=[0, 9]"], r"\[0, 4\)"),
+        (["sample.labels=[0, 9]"], r"sample.labels.*9"),
         (["sample.batch_size=0"], "sample.batch_size"),
     ],
 )
 def test_sample_grid_settings_are_checked_before_step_0(tmp_path, overrides, message):
-    cfg = config(tmp_path, "sample.num_images=2", "sample.every=1000", *overrides)
     calls = []
     with pytest.raises(ValueError, match=message):
-        t = trainer(cfg)
+        t = trainer(config(tmp_path, "sample.num_images=2", "sample.every=1000", *overrides))
         t.add_callback("after_step", lambda *a: calls.append(1))
         t.fit()
     assert calls == [] and not (tmp_path / "checkpoints").exists()
@@ -405,7 +404,7 @@ def test_grids_go_through_torchvision_with_captions(tmp_path):
     exact = make_image_grid(images, nrow=2, padding=0)
     assert exact.shape == (3, 16, 16) and torch.equal(exact[:, 8:, 8:], images[3])  # tiles placed exactly
     path = save_image_grid(images, tmp_path / "g.png", captions=["cat", "dog", "a long caption " * 4, ""])
-    grid = torch.from_numpy(__import__("numpy").asarray(Image.open(path))).permute(2, 0, 1)
+    grid = torch.from_numpy(__import__("numpy").array(Image.open(path))).permute(2, 0, 1)
     assert grid.shape[1] > grid.shape[2]  # caption strips under each 64 px tile
     with pytest.raises(ValueError, match="4 images but 3 captions"):
         make_image_grid(images, captions=["a", "b", "c"])

@@ -281,11 +281,7 @@ class Trainer:
             try:
                 self.lock.acquire()
                 prepare_run_folder(self.out_dir, resuming=resuming, overwrite=overwrite)
-                remove_stale_temporaries(self.out_dir)
-                if self.config.posthoc_ema.sigma_rels:
-                    from .posthoc_ema import remove_stale_temporaries as remove_stale_snapshots
-
-                    remove_stale_snapshots(self.out_dir)
+                remove_stale_temporaries(self.out_dir)  # the whole run folder: checkpoints, samples, snapshots
             except (RunFolderError, WriteError) as exc:
                 problem = exc
         message = broadcast_object(None if problem is None else (type(problem).__name__, str(problem)))

@@ -24,7 +24,7 @@ def as_uint8_nchw(images: torch.Tensor | np.ndarray, name: str = "images") -> to
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"{name} must be a uint8 (N, H, W, 3) array, got {images.dtype} {images.shape}.")
-        images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        images = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)  # a copy: memory-mapped sets are read-only
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{name} must be a tensor or a NumPy array, got {type(images).__name__}.")
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
@@ -91,7 +91,7 @@ def save_image(image: torch.Tensor | np.ndarray, path: str | os.PathLike) -> Pat
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
             raise ValueError(f"An image must be uint8 (H, W, 3), got {image.dtype} {image.shape}.")
-        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        image = torch.from_numpy(np.array(image)).permute(2, 0, 1)
     if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(
             f"An image must be a uint8 (3, H, W) tensor, got {getattr(image, 'dtype', type(image).__name__)} "
