@@ -524,3 +524,21 @@ def test_a_frozen_rank_ends_every_rank_with_a_sentence_naming_it(tmp_path):
     assert proc.returncode != 0, output[-3000:]
     assert "rank 0: Rank 1 stopped answering" in output, output[-3000:]
     assert "waited 0.05 minutes (dist_timeout_minutes)" in output
+
+
+def test_the_host_side_batch_check_says_what_the_objective_would(tmp_path):
+    """The trainer checks each batch while it is on the CPU and the objective then skips its own (device) check:
+    a 0-255 batch or a label out of range is still one sentence, before anything is trained on it."""
+    import pixelgen
+
+    obj = pixelgen.build_objective("jit_repa", hidden_size=32, align_layer=1, encoders=tiny_encoders())
+    images = torch.rand(4, 3, 16, 16) * 255
+    bad = {"image": images, "raw": images / 255, "label": torch.arange(4)}
+    t = Trainer(config(tmp_path), model=tiny_jit(), objective=obj, loader=[bad], progress=False)
+    with pytest.raises(ValueError, match="0-255 pixel values"):
+        t.optimizer_step(t.batches())
+    good = torch.rand(4, 3, 16, 16) * 2 - 1
+    t.loader = [{"image": good, "raw": (good + 1) / 2, "label": torch.tensor([0, 1, 2, 7])}]
+    with pytest.raises(ValueError, match=r"class indices in \[0, 4\]"):
+        t.optimizer_step(t.batches())
+    t.close()

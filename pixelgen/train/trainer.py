@@ -448,15 +448,16 @@ class Trainer:
         from ..encoders.base import check_pixel_ranges
 
         image, raw, cond = batch.get("image"), batch.get("raw"), batch.get("cond")
-        tensors = [v for v in (image, raw, cond) if isinstance(v, torch.Tensor)]
-        if not isinstance(image, torch.Tensor) or any(v.device.type != "cpu" for v in tensors):
+        labels = isinstance(cond, torch.Tensor) and not cond.is_floating_point()  # text embeddings need no check
+        on_host = [v for v in (image, raw, cond if labels else None) if isinstance(v, torch.Tensor)]
+        if not isinstance(image, torch.Tensor) or any(v.device.type != "cpu" for v in on_host):
             return False
         checks = [(image, "The training image", (-1.0, 1.0))]
         if isinstance(raw, torch.Tensor):
             checks.append((raw, "The raw training image", (0.0, 1.0)))
-        check_pixel_ranges(checks)
+        check_pixel_ranges(checks, natural_images=("The training image",))
         num_classes = getattr(self.model, "num_classes", None)
-        if isinstance(cond, torch.Tensor) and not cond.is_floating_point() and num_classes is not None:
+        if labels and num_classes is not None:
             check_labels(cond, num_classes, "batch['cond']", batch=image.shape[0])
         return True
 
