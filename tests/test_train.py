@@ -182,7 +182,7 @@ def test_training_device_is_this_ranks_gpu(monkeypatch):
     assert training_device("cuda:1") == torch.device("cuda:1") and training_device("cpu") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert training_device(None) == torch.device("cpu")
-    with pytest.raises(RuntimeError, match="CUDA is not available"):
+    with pytest.raises(ValueError, match="CUDA is not available"):
         training_device("cuda")
 
 
