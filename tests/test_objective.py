@@ -142,7 +142,7 @@ def test_pdino_gating_modes_through_the_objective(dino64, lpips64):
     intended, *_ = _gating_run(dino64, lpips64, t, "subset", pdino_gating="intended")
     torch.testing.assert_close(intended["pdino"], (1 - cos[[1, 3]]).mean())  # the masked mean
     original, *_ = _gating_run(dino64, lpips64, t, "subset", pdino_gating="original")
-    torch.testing.assert_close(original["pdino"], (1 - cos).mean())  # §4.7: all samples count
+    torch.testing.assert_close(original["pdino"], (1 - cos).mean())  # the default gate: all samples count
     none, _, dino_calls, _ = _gating_run(
         dino64, lpips64, torch.tensor([0.1, 0.2, 0.05]), "subset", pdino_gating="original"
     )

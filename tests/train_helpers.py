@@ -47,7 +47,7 @@ def tiny_jit(num_classes: int = 4, size: int = 16, **overrides):
 
 
 class SeededFlowMatching(nn.Module):
-    """x-prediction flow matching (spec §4.3) plus a small trainable projector, with per-sample seeds."""
+    """x-prediction flow matching plus a small trainable projector, with per-sample seeds."""
 
     def __init__(self, null_p: float = 0.1, hidden: int = 32):
         super().__init__()

@@ -1,9 +1,8 @@
-"""Class-balanced sample sets at scale (the 50k FID protocol, spec §7.1), reproducible and resumable.
+"""Class-balanced sample sets at scale (the 50k FID protocol), reproducible and resumable.
 
-* Labels: sample ``i`` has class ``i // per_class`` (50 per class for ImageNet, as the original).
+* Labels: sample ``i`` has class ``i // per_class`` (50 per class for ImageNet).
 * Noise: sample ``i`` starts from noise seeded by ``(seed, i)`` alone (:func:`pixelgen.generate` with
-  ``start_index``), so the set does not depend on batch size, process count or restarts. (The original drew
-  a random seed per item, so its sets were not reproducible; spec §10.1.10.)
+  ``start_index``), so the set does not depend on batch size, process count or restarts (docs/parity.md).
 * Shards: the index range is cut into fixed-size shards, each written atomically to
   ``<out>/shards/shard_<k>.npy`` (uint8 NHWC). A restart skips finished shards. With a torchrun process group,
   rank 0 lists the missing shards and deals them out round-robin, so a resumed run is balanced; without one,
@@ -166,7 +165,7 @@ def generate_class_samples(
 ) -> GenerationResult:
     """Generate (or resume) a class-balanced set in ``out_dir`` (see the module doc).
 
-    ``sampler``/``sampler_params``: a registered sampler and its parameters (the original's names); the paper's
+    ``sampler``/``sampler_params``: a registered sampler and its parameters (the released configs' names); the paper's
     settings are registered sampling presets (``pixelgen.samplers.sampling_preset("xl_cfg")``).
     ``max_shards``: stop after this many new shards in this call (time-limited jobs; rerun to continue).
     ``run_info``: extra entries for ``run.json`` that identify the model (e.g. the checkpoint path); a restart

@@ -1,7 +1,7 @@
 """Text-to-image prompt sets: GenEval and DPG-Bench image folders from prompt files the user supplies.
 
 Both benchmarks score images with external tools (GenEval's detector-based scorer, DPG-Bench's VQA model);
-this module writes the images those tools read (spec §7.2, §7.3).
+this module writes the images those tools read.
 
 **GenEval** (``evaluation_metadata.jsonl``: one JSON object with a ``"prompt"`` per line): 4 images per prompt
 (seeds 0-3), written in GenEval's own per-prompt layout::
@@ -9,13 +9,12 @@ this module writes the images those tools read (spec §7.2, §7.3).
     <out>/<prompt index, 5 digits>/metadata.jsonl        # that prompt's JSON line, unchanged
     <out>/<prompt index, 5 digits>/samples/<seed, 5 digits>.png
 
-The original PixelGen wrote one folder per *image* (``<global index>/samples/<seed>.png``); GenEval's scorer
-averages over images either way, so the scores are the same, and the per-prompt layout is what GenEval's own
-generation script and documentation use.
+The per-prompt layout is what GenEval's own generation script and documentation use; its scorer averages over
+images, so a folder per image would score the same.
 
 **DPG-Bench** (a folder of ``<stem>.txt`` files whose first line is the prompt): 4 images per prompt (seeds 0-3)
-tiled 2x2 (seed order, row-major) into ``<out>/<stem>.png``, which is what the DPG-Bench scorer splits again.
-(The original tiled into ``.jpg`` with a separate script and deleted the single images; PNG is lossless.)
+tiled 2x2 (seed order, row-major) into ``<out>/<stem>.png``, which is what the DPG-Bench scorer splits again
+(PNG: lossless).
 
 Images are made by the one generation loop (:func:`pixelgen.generate.generate_batches`). Noise follows the
 original datasets (the ``seed_only`` noise rule): the image with seed ``s`` starts from ``torch.randn(C, H, W)``
@@ -73,7 +72,7 @@ class PromptItem:
 
     key: str
     prompt: str
-    metadata: str | None = None  # GenEval: the original JSON line
+    metadata: str | None = None  # GenEval: the prompt's JSON line as read
 
 
 def read_geneval_metadata(path: str | os.PathLike) -> list[PromptItem]:

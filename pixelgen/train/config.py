@@ -77,7 +77,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with the paper's settings (spec §6.2, §6.5): constant lr, no warm-up, no clipping for C2I."""
+    """AdamW with the paper's settings: constant lr, no warm-up, no clipping for C2I."""
 
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
@@ -130,8 +130,8 @@ class TextConfig:
     """Text-to-image training: the frozen text encoder and the sample-grid prompts.
 
     ``encoder``: a registered conditioner name, a folder or a Hugging Face id (``Qwen/Qwen3-1.7B``), or a
-    recorded ``describe()`` mapping. ``pad_mask``: mask text padding in the backbone (off = the original).
-    ``prompts``: one grid image per prompt (empty: no grids).
+    recorded ``describe()`` mapping. ``pad_mask``: mask text padding in the backbone (off by default: the
+    released model attends to padding). ``prompts``: one grid image per prompt (empty: no grids).
     """
 
     encoder: str | dict[str, Any] = "Qwen/Qwen3-1.7B"
@@ -146,8 +146,8 @@ class TrainConfig:
     ``precision``: ``"auto"`` (bf16 autocast on CUDA, none on CPU), ``"bf16"``, ``"fp16"`` or ``"fp32"``; master
     weights are always fp32. ``strategy``: ``"ddp"`` (default) or ``"fsdp"`` (FSDP2 ``fully_shard``).
     ``ckpt_every``: how often ``checkpoints/latest.pt`` is rewritten; ``keep_every``: how often a numbered copy
-    is kept (the original kept one every 100k steps). ``init_from``: a checkpoint whose weights and EMA start a new
-    run with a fresh optimiser and step 0 (stage transitions, spec §6.6). ``max_bad_steps``: consecutive
+    is kept (e.g. every 100k steps). ``init_from``: a checkpoint whose weights and EMA start a new
+    run with a fresh optimiser and step 0 (stage transitions; docs/parity.md). ``max_bad_steps``: consecutive
     non-finite losses after which the run stops. ``per_sample_noise``: draw each sample's t, noise and CFG drop
     from a generator seeded by (seed, global sample index), so results do not depend on how a global batch is
     split over processes (needs an objective that reads ``batch["seeds"]``; see the trainer). ``text``: the
@@ -165,7 +165,7 @@ class TrainConfig:
     max_steps: int = 800_000
     seed: int = 1234
     precision: str = "auto"
-    matmul_precision: str = "medium"  # torch.set_float32_matmul_precision on CUDA, as the original
+    matmul_precision: str = "medium"  # torch.set_float32_matmul_precision on CUDA, as the released models were trained
     compile: bool = False
     strategy: str = "ddp"
     ema_decay: float = 0.9999

@@ -1,7 +1,7 @@
-"""Exponential moving average of the model weights (spec §6.3).
+"""Exponential moving average of the model weights.
 
 ``ema ← decay·ema + (1 − decay)·θ`` over every parameter, in fp32, once per optimiser step, with
-``torch._foreach_*`` kernels. No warm-up and no bias correction; buffers are not averaged. As in the original,
+``torch._foreach_*`` kernels. No warm-up and no bias correction; buffers are not averaged. By default
 the frozen sin-cos ``pos_embed`` is averaged too: float32 rounding of ``0.9999·x + 1e-4·x`` moves some of its
 entries by an ulp now and then, so the released EMA weights carry a slightly drifted table, and models load
 and use the stored table as it is. ``average_frozen=False`` averages only the trainable parameters (the

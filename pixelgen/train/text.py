@@ -2,7 +2,7 @@
 config has a ``text`` section (``TrainConfig.text``: encoder, ``pad_mask``, grid prompts).
 
 * :class:`TextBatchEncoder` turns dataset batches (``caption`` lists) into objective batches: ``cond`` = the
-  caption embeddings, ``uncond`` = the ``""`` embedding (what the CFG dropout swaps in, spec §4.10).
+  caption embeddings, ``uncond`` = the ``""`` embedding (what the CFG dropout swaps in).
 * With the conditioner's ``pad_mask`` on, the token mask rides as an extra channel of ``cond`` and
   :func:`attach_text_mask_unpacking` makes the backbone unpack it into ``text_mask=`` (the objective then
   carries it along without knowing about it; sample grids go through the pipeline's structured condition).
