@@ -94,3 +94,20 @@ def test_flow_is_the_one_home_of_the_path():
     v = flow.x_to_v(x, x_t, t[1].item())
     torch.testing.assert_close(x_t[1] + 0.5 * v[1], x[1])
     torch.testing.assert_close(flow.score_exact(x[1], x_t[1], 0.5), -noise[1] / 0.5)
+
+
+def test_condition_dropout_of_a_structured_condition_keeps_each_mask_with_its_embeddings():
+    from pixelgen.losses import drop_condition
+
+    emb, mask = torch.randn(4, 3, 2), torch.tensor([[1, 1, 0]] * 4, dtype=torch.bool)
+    empty = {"emb": torch.zeros(1, 3, 2), "mask": torch.tensor([[1, 0, 0]], dtype=torch.bool)}
+    draws = torch.tensor([0.05, 0.5, 0.01, 0.9])  # rows 0 and 2 drop at p = 0.1
+    out = drop_condition({"emb": emb, "mask": mask}, 0.1, uncond=empty, draws=draws)
+    for row in range(4):
+        dropped = row in (0, 2)
+        assert torch.equal(out["emb"][row], torch.zeros(3, 2) if dropped else emb[row])
+        assert torch.equal(out["mask"][row], empty["mask"][0] if dropped else mask[row])
+    plain = drop_condition(emb, 0.1, uncond=empty["emb"], draws=draws)
+    assert torch.equal(plain, out["emb"])  # the same rows as for a plain tensor condition
+    with pytest.raises(ValueError, match="same keys"):
+        drop_condition({"emb": emb, "mask": mask}, 0.1, uncond={"emb": empty["emb"]}, draws=draws)
