@@ -1,4 +1,4 @@
-"""``pixelgen convert CKPT OUT_DIR``: an original PixelGen Lightning checkpoint → model.safetensors + config.json."""
+"""``pixelgen convert CKPT OUT_DIR``: a released PixelGen Lightning checkpoint → model.safetensors + config.json."""
 
 from __future__ import annotations
 

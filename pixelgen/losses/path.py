@@ -21,7 +21,7 @@ def drop_condition(
     generator: torch.Generator | None = None,
     draws: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Replace each sample's condition by the unconditional one with probability ``p`` (spec §4.10).
+    """Replace each sample's condition by the unconditional one with probability ``p`` (CFG training).
 
     Class labels (integer (B,)) become ``null_label``; text embeddings (float (B, L, D)) become ``uncond``
     ((L, D), (1, L, D) or (B, L, D), e.g. the embedding of the empty prompt). ``draws``: (B,) uniform numbers

@@ -49,7 +49,8 @@ for _cls in (EulerSampler, HeunSampler, AdamsSampler, EulerMaruyamaSampler):
 
 
 def build_sampler(name: str, /, **params: Any) -> Any:
-    """Build the sampler registered as ``name`` (see :func:`list_samplers`) with the original's parameter names."""
+    """Build the sampler registered as ``name`` (see :func:`list_samplers`) with the released configs' parameter
+    names."""
     entry = registries.sampler.get(name)
     if isinstance(entry.builder, type) and issubclass(entry.builder, Sampler):
         check_parameters(name, entry.builder, params)

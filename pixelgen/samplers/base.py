@@ -50,14 +50,14 @@ class Sampler:
 
     Parameters (the released configs' names):
 
-    - ``num_steps``: N, the number of intervals of the grid (the original's constructors default to 250; every
-      config sets it, pixelgen defaults to 50).
+    - ``num_steps``: N, the number of intervals of the grid (default 50, the value the released configs set;
+      docs/parity.md).
     - ``timeshift``: s of the warp ``t/(t + s(1 − t))``; ``last_step``: width of the final base interval
       (default 1/N); ``timesteps``: a custom grid of N + 1 increasing times in [0, 1] (used unwarped).
     - ``guidance``: CFG scale g in ``v_u + g·(v_c − v_u)``; active only for t inside
       (``guidance_interval_min``, ``guidance_interval_max``] (Euler, Heun, SDE) or (…, …) (Adams), compared in
       the dtype of the noise.
-    - ``t_eps``: clamp of the x→v conversion ``v = (x̂ − x)/max(1 − t, t_eps)``; default 0.05 (the original),
+    - ``t_eps``: clamp of the x→v conversion ``v = (x̂ − x)/max(1 − t, t_eps)``; default 0.05 (as trained),
       or 0 when ``exact_final_step`` is set.
     - ``exact_final_step`` (off by default, for parity): the conversion is unclamped (``t_eps`` defaults to 0)
       and the step into t = 1 returns the guided x̂ at the last evaluated point, ``x_N = x̂(x_{N−1}, t_{N−1})``

@@ -30,9 +30,8 @@ class EulerSampler(Sampler):
 class HeunSampler(Sampler):
     """Heun: predictor ``x̃ = x_i + dt·v``, corrector ``x_{i+1} = x_i + dt·(v + v(x̃, t_{i+1}))/2``.
 
-    - ``exact_henu=True`` (the original's flag name; pixelgen's default, and what every config of the original
-      sets; its constructor defaults to False): v is evaluated at (x_i, t_i) every step, 2N − 1 evaluations.
-      ``False`` ("lazy"): v reuses the previous corrector's evaluation (made at x̃, not at the corrected x_i),
+    - ``exact_henu=True`` (the released configs' flag name and value, pixelgen's default; docs/parity.md): v is
+      evaluated at (x_i, t_i) every step, 2N − 1 evaluations. ``False`` ("lazy"): v reuses the previous corrector's evaluation (made at x̃, not at the corrected x_i),
       N evaluations.
     - The last step is plain Euler (no corrector at t = 1).
     - Guidance at step i when ``t_min < t_i ≤ t_max``; the corrector uses the predictor's t_i for this test.

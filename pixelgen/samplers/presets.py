@@ -18,7 +18,7 @@ __all__ = ["SamplingPreset", "sampling_preset", "list_sampling_presets", "regist
 
 @dataclass(frozen=True)
 class SamplingPreset:
-    """A sampler name and its parameters (the original's names), plus the size of the set it was evaluated on
+    """A sampler name and its parameters (the released configs' names), plus the size of the set it was evaluated on
     (``num`` images at ``per_class`` per class of ``num_classes``; None for text-to-image)."""
 
     sampler: str
