@@ -144,3 +144,24 @@ def test_compiled_variants_and_budget(suite, tmp_path):
 def test_unknown_section_is_refused(suite):
     with pytest.raises(SystemExit):
         suite.main(["--sections", "env,warp"])
+
+
+def test_training_rows_time_the_trainers_own_step(suite, tmp_path, monkeypatch):
+    from pixelgen.train import Trainer
+
+    calls = []
+    real_step = Trainer.optimizer_step
+
+    def counting_step(self, batches):
+        calls.append(self)
+        return real_step(self, batches)
+
+    monkeypatch.setattr(Trainer, "optimizer_step", counting_step)
+    report = suite.main(
+        ["--out", str(tmp_path), "--tiny", "--device", "cpu", "--sections", "train", "--steps", "2", "--warmup", "1"]
+        + ["--no-profile"]
+    )
+    rows = [row for row in report["results"] if row["section"] == "train"]
+    assert len(rows) == 3 and not any("error" in row for row in rows)
+    assert len(calls) == 3 * (1 + 2)  # warm-up + timed steps of each variant, all through Trainer.optimizer_step
+    assert len({id(trainer) for trainer in calls}) == 3  # one Trainer per variant
