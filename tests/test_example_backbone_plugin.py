@@ -45,4 +45,4 @@ def test_example_plugin_loads_beside_a_broken_one(tmp_path, caplog):
         errors = plugin_errors()
         assert "deliberately broken" in errors["broken_backbone"] and "example_backbone" not in errors
         assert any("broken_backbone" in r.getMessage() for r in caplog.records)
-    assert "jit_s_16" not in registries.backbone._entries  # plugin parts go away with the plugin
+    assert "jit_s_16" not in registries.backbone  # plugin parts go away with the plugin

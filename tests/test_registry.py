@@ -87,7 +87,7 @@ def test_entry_point_plugins_load_and_broken_one_is_reported(tmp_path, caplog):
         assert "broken" in errs and "deliberately broken" in errs["broken"]
         assert "good" not in errs
         assert any("broken" in r.getMessage() for r in caplog.records)
-    assert "test_good_sampler" not in registries.sampler._entries
+    assert "test_good_sampler" not in registries.sampler
 
 
 def test_list_command_prints_parts_and_refuses_unknown_kinds(capsys):
