@@ -313,6 +313,16 @@ API_CASES = [
         id="objective:label out of range",
     ),
     _case(
+        lambda p: p["objective"](p["model"], _objective_batch(p, cond=p["y"].float())),
+        r"batch\['cond'\] must be a \(2,\) tensor of integer class labels",
+        id="objective:float labels to a class model",
+    ),
+    _case(
+        lambda p: p["objective"](p["model"], _objective_batch(p, cond=torch.randn(2, 5, 12))),
+        r"looks like text embeddings",
+        id="objective:text embeddings to a class model",
+    ),
+    _case(
         lambda p: p["objective"](p["model"], {"image": p["x"]}),
         r"batch lacks 'cond' \(it needs",
         (KeyError,),

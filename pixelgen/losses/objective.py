@@ -18,7 +18,14 @@ from ..encoders.base import at_least_float32, check_pixel_ranges
 from ..flow import _interpolate, sample_t
 from ..registry import registries
 from ..seeding import draw as _draw
-from ..utils.checks import check_image_batch, check_labels, check_loss_weight, check_same_shape, check_timesteps
+from ..utils.checks import (
+    check_class_labels_input,
+    check_image_batch,
+    check_labels,
+    check_loss_weight,
+    check_same_shape,
+    check_timesteps,
+)
 from .balancer import Balancer, balance_parameter
 from .context import LossContext
 from .path import drop_condition
@@ -268,6 +275,8 @@ class Objective(nn.Module):
                 f"batch['cond'] must be a tensor with one condition per image ({image.shape[0]}), got {getattr(cond, 'shape', type(cond).__name__)}."
             )
         num_classes = getattr(model, "num_classes", None)
+        if getattr(model, "cond_kind", None) == "class":  # float labels or text embeddings: say what it takes
+            check_class_labels_input(cond, image.shape[0], "batch['cond']")
         if not cond.is_floating_point() and num_classes is not None and not value_checks_skipped(cond):
             check_labels(cond, num_classes, "batch['cond']", batch=image.shape[0])
         seeds, uncond = batch.get("seeds"), batch.get("uncond")
