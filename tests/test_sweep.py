@@ -72,16 +72,16 @@ def test_sweep_runs_end_to_end_and_resumes_after_being_killed(trained, tmp_path,
     proc = subprocess.Popen(
         [sys.executable, "-m", "pixelgen.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    deadline = time.time() + 300
-    while len(list(out.glob("settings/*/result.json"))) < 2:  # kill -9 once two settings are finished
+    deadline = time.time() + 900  # generous: on a loaded machine the first setting also computes the reference
+    while not list(out.glob("settings/*/result.json")):  # kill -9 once a setting is finished
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        assert time.time() < deadline, "the sweep did not finish two settings in time"
+        assert time.time() < deadline, "the sweep did not finish a setting in time"
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
     finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("settings/*/result.json")}
-    assert 2 <= len(finished) < 6
+    assert 1 <= len(finished) < 6
 
     capsys.readouterr()
     assert main(args) == 0
