@@ -15,7 +15,7 @@ from pixelgen.conditioners import build_tiny_qwen3
 from pixelgen.conditioners.pipeline import TextToImagePipeline, save_text_encoder_spec
 from pixelgen.generate import generate
 from pixelgen.samplers import build_sampler
-from pixelgen.train.text import TextBatchEncoder, attach_text_mask_unpacking, pack_text_condition
+from pixelgen.train.text import TextBatchEncoder
 
 TINY_T2I = dict(
     input_size=16, patch_size=4, hidden_size=32, num_groups=2, num_blocks=2, num_text_blocks=1,
@@ -81,20 +81,40 @@ def test_padding_mask_makes_padding_irrelevant(model):
     assert sampler.last_stats == {"nfe": 3, "rows": 3 + 6 + 6}  # t = 0 is outside (0, 1]: unguided
     torch.testing.assert_close(sampled_changed, sampled, rtol=0, atol=1e-5)
 
-    # Training carries the mask as an extra channel through the objective (packed condition + hook).
-    # The same through the packed condition the trainer and the samplers carry (mask as an extra channel).
-    hooked = random_t2i()
-    handle = attach_text_mask_unpacking(hooked)
-    packed = pack_text_condition(enc)
-    packed_changed = packed.clone()
-    packed_changed[..., :-1] = changed
+
+def test_training_carries_the_padding_mask_as_the_structured_condition(model):
+    """With pad_mask the trainer's batches carry {"emb", "mask"}; the objective passes it to the backbone (padding
+    changes nothing) and its CFG dropout swaps both leaves of a dropped sample for the empty prompt's."""
+    from pixelgen.losses import Objective
+
+    masked_encoder = build_tiny_qwen3(pad_mask=True)
+    captions = ["a photo of a cat", "a rocket on the launch pad", "two apples"]
+    image = torch.rand(3, 3, 16, 16) * 2 - 1
+    batch = TextBatchEncoder(masked_encoder)({"image": image, "caption": captions})
+    enc, empty = masked_encoder(captions), masked_encoder.unconditional(3)
+    assert set(batch["cond"]) == set(batch["uncond"]) == {"emb", "mask"}
+    assert torch.equal(batch["cond"]["mask"], enc.mask) and torch.equal(batch["uncond"]["mask"], empty.mask)
+    changed = {**batch, "cond": {"emb": _padding_changed(enc.embeddings, enc.mask), "mask": enc.mask}}
+    objective = Objective(["flow_matching"], cond_drop_prob=0.0)
+    seeds = torch.tensor([5, 6, 7])
     with torch.no_grad():
-        torch.testing.assert_close(hooked(x, t, packed), before, rtol=0, atol=1e-6)
-        torch.testing.assert_close(hooked(x, t, packed_changed), before, rtol=0, atol=1e-6)
-        plain = hooked(x, t, enc.embeddings)  # an unpacked condition passes through the hook untouched
-    handle.remove()
-    with torch.no_grad():
-        torch.testing.assert_close(plain, model(x, t, enc.embeddings), rtol=0, atol=0)
+        before = objective(model, {**batch, "seeds": seeds})["loss"]
+        after = objective(model, {**changed, "seeds": seeds})["loss"]
+        unmasked = objective(model, {**batch, "cond": enc.embeddings, "uncond": empty.embeddings, "seeds": seeds})
+    torch.testing.assert_close(after, before, rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(unmasked["loss"], before)  # the mask did reach the backbone
+
+    # Dropout of every sample: the backbone sees the empty prompt's embeddings and mask.
+    calls = []
+    record = lambda module, args, kwargs: calls.append(args[2])  # noqa: E731
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            Objective(["flow_matching"], cond_drop_prob=1.0)(model, {**batch, "seeds": seeds})
+    finally:
+        handle.remove()
+    seen = calls[-1]
+    assert torch.equal(seen["emb"], empty.embeddings) and torch.equal(seen["mask"], empty.mask)
 
 
 def test_padding_unmasked_by_default_as_the_original(model, encoder):

@@ -15,9 +15,10 @@ from ..backbones.base import backbone_facts
 from ..backbones.common import value_checks_skipped, values_checked_by_caller
 from ..encoders import build_encoder
 from ..encoders.base import at_least_float32, check_pixel_ranges
-from ..flow import _interpolate, sample_t
+from ..flow import T_EPS, _interpolate, sample_t
 from ..registry import registries
 from ..seeding import draw as _draw
+from ..seeding import seed_only
 from ..utils.checks import (
     check_class_labels_input,
     check_image_batch,
@@ -73,14 +74,16 @@ class Objective(nn.Module):
         balance_against: the term whose gradient the balancer matches (``"flow_matching"``).
         time_distribution / p_mean / p_std / time_shift: training-time distribution.
         t_eps: the x->v clamp of flow matching (0.05). noise_scale: std of ε (1).
-        cond_drop_prob: CFG condition dropout (0.1); labels -> ``model.num_classes``, text -> ``batch['uncond']``.
+        cond_drop_prob: CFG condition dropout (0.1); labels -> ``model.num_classes``, text -> ``batch['uncond']``
+            (a structured condition such as ``{"emb", "mask"}`` is dropped per leaf, ``uncond`` of the same keys).
         encoders: per role (``"dinov2"``, ``"lpips"``), a built encoder module or ``build_encoder`` arguments
             (``{"name": ..., "weights": ..., "dtype": ...}``); missing roles are built with defaults, roles no
             term uses are not built.
         term_options: per term name, keyword arguments for its constructor.
-        check_finite: fail naming the term when a term is NaN or infinite (one device sync per step). A
-            caller that reads the values anyway turns it off and uses :meth:`all_finite` /
-            :meth:`check_values` on the output instead.
+        check_finite: fail naming the term when a term is NaN or infinite (one device sync per step). Inside
+            ``values_checked_by_caller()`` the caller vouches for the values and checks the output itself with
+            :meth:`all_finite` (fused, on the device) and :meth:`check_values` (names the bad terms), as the
+            trainer does; the objective then skips its read.
 
     Draws (without ``batch['seeds']``): CFG dropout uniforms ``rand(B)``, then the time normals ``randn(B)``,
     then the noise ``randn(B, C, H, W)``, in the original's order, so a global torch seed gives the reference
@@ -104,7 +107,7 @@ class Objective(nn.Module):
         p_mean: float = -0.8,
         p_std: float = 0.8,
         time_shift: float = 1.0,
-        t_eps: float = 0.05,
+        t_eps: float = T_EPS,
         noise_scale: float = 1.0,
         cond_drop_prob: float = 0.1,
         encoders: Mapping[str, nn.Module | Mapping[str, Any]] | None = None,
@@ -253,6 +256,9 @@ class Objective(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """One objective evaluation on ``batch`` (``image`` in [-1, 1], ``raw`` in [0, 1], ``cond``, optional ``uncond``).
 
+        ``cond``: class labels (B,), text embeddings (B, L, D), or a mapping of such tensors with one row per
+        sample (the text condition ``{"emb": (B, L, D), "mask": (B, L)}``), passed to the model as it is.
+
         ``raw`` defaults to ``(image + 1) / 2`` when absent. ``step`` is the global step (for the balancer);
         ``generator`` makes dropout, t and noise reproducible (drawn in that order). With ``batch['seeds']``
         ((B,) int64, the trainer's ``per_sample_noise``) sample i's t, noise and dropout come from a CPU
@@ -270,14 +276,12 @@ class Objective(nn.Module):
         if raw is None:
             raw = (image + 1.0) / 2.0
         cond = batch["cond"]
-        if not isinstance(cond, torch.Tensor) or cond.ndim < 1 or cond.shape[0] != image.shape[0]:
-            raise ValueError(
-                f"batch['cond'] must be a tensor with one condition per image ({image.shape[0]}), got {getattr(cond, 'shape', type(cond).__name__)}."
-            )
+        _check_condition(cond, image.shape[0])
         num_classes = getattr(model, "num_classes", None)
         if getattr(model, "cond_kind", None) == "class":  # float labels or text embeddings: say what it takes
             check_class_labels_input(cond, image.shape[0], "batch['cond']")
-        if not cond.is_floating_point() and num_classes is not None and not value_checks_skipped(cond):
+        labels = isinstance(cond, torch.Tensor) and not cond.is_floating_point()
+        if labels and num_classes is not None and not value_checks_skipped(cond):
             check_labels(cond, num_classes, "batch['cond']", batch=image.shape[0])
         seeds, uncond = batch.get("seeds"), batch.get("uncond")
         if seeds is None:  # the original's draw order: dropout, t, noise
@@ -297,7 +301,7 @@ class Objective(nn.Module):
         model: nn.Module,
         image: torch.Tensor,
         raw: torch.Tensor,
-        cond: torch.Tensor,
+        cond: torch.Tensor | Mapping[str, torch.Tensor],
         t: torch.Tensor,
         noise: torch.Tensor,
         *,
@@ -314,7 +318,7 @@ class Objective(nn.Module):
         model: nn.Module,
         image: torch.Tensor,
         raw: torch.Tensor,
-        cond: torch.Tensor,
+        cond: torch.Tensor | Mapping[str, torch.Tensor],
         t: torch.Tensor,
         noise: torch.Tensor,
         *,
@@ -352,7 +356,7 @@ class Objective(nn.Module):
         )
 
         values = self._term_values(ctx)
-        if self.check_finite:
+        if self.check_finite and not value_checks_skipped(image):
             self.check_values(values)
 
         plain = [self.weights[n] * v for n, v in values.items() if not getattr(self.terms[n], "perceptual", False)]
@@ -420,6 +424,19 @@ class Objective(nn.Module):
         return f"terms=[{terms}], percept_t_threshold={self.percept_t_threshold}, gating_compute={self.gating_compute!r}, encoders={list(self._frozen)}"
 
 
+def _check_condition(cond: object, batch: int) -> None:
+    """``cond`` is a tensor or a mapping of tensors, each with one row per image."""
+    leaves = cond.items() if isinstance(cond, Mapping) else [(None, cond)]
+    for key, leaf in leaves:
+        name = "batch['cond']" if key is None else f"batch['cond'][{key!r}]"
+        if not isinstance(leaf, torch.Tensor) or leaf.ndim < 1 or leaf.shape[0] != batch:
+            raise ValueError(
+                f"{name} must be a tensor with one condition per image ({batch}), got {getattr(leaf, 'shape', type(leaf).__name__)}."
+            )
+    if isinstance(cond, Mapping) and not cond:
+        raise ValueError("batch['cond'] is an empty mapping; it needs at least one tensor.")
+
+
 def _per_sample_draws(
     image: torch.Tensor, seeds: object, distribution: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -431,7 +448,7 @@ def _per_sample_draws(
     # One row per sample, in draw order: [time, noise..., dropout]; one buffer makes one host-to-device copy.
     draws = torch.empty(image.shape[0], image[0].numel() + 2)
     for row, seed in zip(draws, seeds.tolist()):
-        g = torch.Generator().manual_seed(int(seed))
+        g = seed_only(int(seed))
         (row[:1].normal_ if distribution == "logit_normal" else row[:1].uniform_)(generator=g)
         row[1:-1].normal_(generator=g)
         row[-1:].uniform_(generator=g)

@@ -3,9 +3,9 @@ config has a ``text`` section (``TrainConfig.text``: encoder, ``pad_mask``, grid
 
 * :class:`TextBatchEncoder` turns dataset batches (``caption`` lists) into objective batches: ``cond`` = the
   caption embeddings, ``uncond`` = the ``""`` embedding (what the CFG dropout swaps in).
-* With the conditioner's ``pad_mask`` on, the token mask rides as an extra channel of ``cond`` and
-  :func:`attach_text_mask_unpacking` makes the backbone unpack it into ``text_mask=`` (the objective then
-  carries it along without knowing about it; sample grids go through the pipeline's structured condition).
+* With the conditioner's ``pad_mask`` on, ``cond`` and ``uncond`` are the structured condition
+  ``{"emb", "mask"}`` (the same one the samplers batch): CFG dropout replaces both leaves of a dropped sample and
+  the backbone reads the mask as its key-padding mask.
 * :class:`T2ITrainer` samples grids from fixed prompts with the prompts written under each image, writes
   ``text_encoder.json`` into the export folder (so ``pixelgen generate`` rebuilds the same encoder) and gives
   a streaming caption dataset a fresh seed on resume (a stream cannot be resumed at a position).
@@ -19,37 +19,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..conditioners.pipeline import TextToImagePipeline, check_text_compatible, save_text_encoder_spec
-from ..conditioners.qwen3 import Qwen3TextConditioner, TextEncoding, check_prompts
+from ..conditioners.qwen3 import Qwen3TextConditioner, check_prompts
 from ..distributed import barrier
 from ..utils.images import save_image_grid
 from .trainer import Trainer
 
-__all__ = ["TextBatchEncoder", "attach_text_mask_unpacking", "T2ITrainer"]
+__all__ = ["TextBatchEncoder", "T2ITrainer"]
 
 log = logging.getLogger(__name__)
-
-
-# The objective batches one condition tensor per sample (CFG dropout swaps rows), so in training the mask rides
-# as one extra channel of the embeddings; sampling carries it as the structured condition {"emb", "mask"}.
-def pack_text_condition(encoding: TextEncoding) -> torch.Tensor:
-    """(B, L, D + 1): the embeddings with the token mask (1 real, 0 padding) as a last channel."""
-    mask = encoding.mask.to(encoding.embeddings.dtype).unsqueeze(-1)
-    return torch.cat([encoding.embeddings, mask], dim=-1)
-
-
-def unpack_text_condition(cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse of :func:`pack_text_condition`: (embeddings, bool mask)."""
-    return cond[..., :-1], cond[..., -1] > 0.5
 
 
 class TextBatchEncoder:
     """Trainer ``batch_transform``: ``{"image", "raw", "caption"}`` → adds ``cond`` and ``uncond`` embeddings.
 
-    ``cond`` is (B, L, D) (or (B, L, D + 1) with the mask channel when ``pad_mask`` is on); ``uncond`` the
-    empty prompt's encoding repeated over the batch, in the same layout.
+    ``cond`` is the conditioner's condition for the captions: (B, L, D) embeddings, or ``{"emb": (B, L, D),
+    "mask": (B, L)}`` when ``pad_mask`` is on; ``uncond`` the empty prompt's, repeated over the batch, alike.
     """
 
     def __init__(self, conditioner: Qwen3TextConditioner) -> None:
@@ -63,31 +49,7 @@ class TextBatchEncoder:
         captions = check_prompts(batch["caption"], "batch['caption']")
         cond = self.conditioner(captions)
         uncond = self.conditioner.unconditional(len(captions))
-        if self.conditioner.pad_mask:
-            return {**batch, "cond": pack_text_condition(cond), "uncond": pack_text_condition(uncond)}
-        return {**batch, "cond": cond.embeddings, "uncond": uncond.embeddings}
-
-
-def attach_text_mask_unpacking(model: nn.Module):
-    """Let ``model(x, t, cond)`` accept ``cond`` with a trailing mask channel (``pack_text_condition``).
-
-    A forward pre-hook splits such a condition into the embeddings and ``text_mask=``; ordinary (B, L, D)
-    conditions pass through unchanged. Returns the hook handle (``handle.remove()`` undoes it).
-    """
-    width = int(model.txt_embed_dim)
-
-    def unpack(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        y = args[2] if len(args) > 2 else kwargs.get("y")
-        if not isinstance(y, torch.Tensor) or y.shape[-1] != width + 1:
-            return None
-        embeddings, mask = unpack_text_condition(y)
-        if len(args) > 2:
-            args = (*args[:2], embeddings, *args[3:])
-        else:
-            kwargs = {**kwargs, "y": embeddings}
-        return args, {**kwargs, "text_mask": mask}
-
-    return model.register_forward_pre_hook(unpack, with_kwargs=True)
+        return {**batch, "cond": self.conditioner.condition(cond), "uncond": self.conditioner.condition(uncond)}
 
 
 class T2ITrainer(Trainer):
@@ -124,9 +86,6 @@ class T2ITrainer(Trainer):
         super().__init__(config, batch_transform=TextBatchEncoder(conditioner), **parts)
         check_text_compatible(self.model, conditioner)
         self.conditioner.to(self.device)
-        if conditioner.pad_mask:
-            attach_text_mask_unpacking(self.model)
-            attach_text_mask_unpacking(self.ema.model)
 
     def _load_resume(self, path: Path) -> None:
         super()._load_resume(path)

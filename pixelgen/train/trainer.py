@@ -35,7 +35,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ from ..distributed import (
     looks_like_collective_failure,
     setup_distributed,
 )
+from ..losses.objective import Objective
 from ..utils.checks import check_labels
 from ..utils.io import DiskFullError, FolderNotWritableError, WriteError, atomic_save_json, remove_stale_temporaries
 from .checkpointing import CheckpointManager, load_training_checkpoint
@@ -128,9 +129,9 @@ class StepRecord:
         """Why the step was skipped: the loss terms, else the parameters whose gradient was not finite."""
         values = self.value_dict()
         parts = [self.problem] if self.problem else []
-        bad_terms = [f"{k}={v}" for k, v in values.items() if k != "grad_norm" and not math.isfinite(v)]
+        bad_terms = _bad_terms(values)
         if bad_terms:
-            parts.append("non-finite " + ", ".join(bad_terms))
+            parts.append(bad_terms)
         elif self.grad_norms is not None:
             norms = self.grad_norms.tolist()
             bad = [n for n, v in zip(self.param_names, norms) if not math.isfinite(v)]
@@ -148,6 +149,15 @@ class StepRecord:
 
     def __iter__(self):  # ``applied, values, problem = trainer.optimizer_step(...)``
         return iter(self.read())
+
+
+def _bad_terms(values: dict[str, float]) -> str | None:
+    """The objective's sentence naming the non-finite loss terms among the logged ``values``, or None."""
+    try:
+        Objective.check_values({k: v for k, v in values.items() if k not in ("grad_norm", "lr")})
+    except FloatingPointError as exc:
+        return str(exc)
+    return None
 
 
 def autocast_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
@@ -444,7 +454,8 @@ class Trainer:
         """The objective's value checks of a batch (pixel ranges, label range), done here while the batch is
         still on the CPU, where reading it costs no device sync. Returns False (the objective then checks it
         itself) for a batch that is already elsewhere or does not look like the objective's. Inside
-        ``values_checked_by_caller()`` the objective and the backbone then skip their reads of these values."""
+        ``values_checked_by_caller()`` the objective and the backbone then skip their reads of these values, and
+        the objective its read of the loss terms (the step checks them fused, :meth:`Objective.all_finite`)."""
         from ..encoders.base import check_pixel_ranges
 
         image, raw, cond = batch.get("image"), batch.get("raw"), batch.get("cond")
@@ -462,7 +473,7 @@ class Trainer:
         return True
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return {k: _moved(v, self.device) for k, v in batch.items()}
 
     def _attach_seeds(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Per-sample seeds from the global sample index (see :mod:`.seeding`)."""
@@ -496,6 +507,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         names: list[str] | None = None
         totals: torch.Tensor | None = None
+        finite: torch.Tensor | None = None
         problems = []
         for micro in range(accum):
             batch = self.batch_transform(next(batches))
@@ -513,6 +525,8 @@ class Trainer:
             nan = out["loss"].new_full((), float("nan"))
             vec = torch.stack([(out[k] if k in out else nan).detach().reshape(()).double() for k in names]) / accum
             totals = vec if totals is None else totals + vec
+            ok_here = Objective.all_finite(out)  # fused on the device: no host sync
+            finite = ok_here if finite is None else finite & ok_here
             (out["loss"] / accum).backward()
             self.beacon.tick()
         with_grad = [(n, p) for n, p in self._named_params if p.grad is not None]
@@ -520,7 +534,7 @@ class Trainer:
         params = [p for _, p in with_grad]
         norms = _local(torch.stack(torch._foreach_norm([p.grad for p in params]))) if params else None
         grad_norm = torch.linalg.vector_norm(norms) if norms is not None else totals.new_zeros(())
-        ok = torch.isfinite(totals).all() & torch.isfinite(grad_norm)
+        ok = finite & torch.isfinite(grad_norm)
         if self.dist.distributed:
             ok = all_reduce_min_(ok.to(torch.float32)) > 0
         if c.optim.grad_clip is not None and params:
@@ -870,9 +884,6 @@ def _build_objective(config: TrainConfig, model: nn.Module) -> nn.Module:
     from ..losses import build_objective
 
     overrides = dict(config.objective.overrides)
-    # The trainer checks every term's finiteness on the device (no host sync per step) and names the
-    # non-finite ones: the objective's own check would read each term back.
-    overrides.setdefault("check_finite", False)
     return build_objective(preset=config.objective.preset, model=model, **overrides)
 
 
@@ -901,6 +912,15 @@ def _warmup(steps: int) -> Callable[[int], float]:
     if steps <= 0:
         return lambda _: 1.0
     return lambda s: min(1.0, (s + 1) / steps)
+
+
+def _moved(value: Any, device: torch.device) -> Any:
+    """A tensor, or each tensor of a mapping (a structured condition such as ``{"emb", "mask"}``), on ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, Mapping):
+        return {k: _moved(v, device) for k, v in value.items()}
+    return value
 
 
 def _batch_size(batch: dict[str, Any]) -> int:
