@@ -45,7 +45,7 @@ def time_sampling(num_samples: int, steps: int, batch_size: int) -> None:
     import pixelgen
     from pixelgen.cli import main
     from pixelgen.eval.generation import class_balanced_labels
-    from pixelgen.samplers import build_sampler, generate
+    from pixelgen.samplers import build_sampler, generate, sampling_preset
 
     model = pixelgen.build_model(
         "jit",
@@ -72,17 +72,12 @@ def time_sampling(num_samples: int, steps: int, batch_size: int) -> None:
             str(num_samples),
             "--per-class",
             str(num_samples // 16),
-            "--sampler",
-            "heun",
+            "--preset",
+            "xl_cfg",
             "--steps",
             str(steps),
-            "--guidance",
-            "2.25",
-            "--interval",
-            "0.1",
-            "0.9",
-            "--shift",
-            "2",
+            "--num-classes",
+            "16",
             "--batch-size",
             str(batch_size),
             "--shard-size",
@@ -95,9 +90,8 @@ def time_sampling(num_samples: int, steps: int, batch_size: int) -> None:
         assert main(argv) == 0
         seconds = time.perf_counter() - start
     # the same images through bare generate(): what the sample path adds (loading, shards, npz, grids)
-    sampler = build_sampler(
-        "heun", num_steps=steps, guidance=2.25, guidance_interval_min=0.1, guidance_interval_max=0.9, timeshift=2.0
-    )
+    preset = sampling_preset("xl_cfg")  # the paper's XL sampler, with fewer steps
+    sampler = build_sampler(preset.sampler, **{**preset.params, "num_steps": steps})
     start = time.perf_counter()
     generate(
         model.eval(),

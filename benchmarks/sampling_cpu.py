@@ -23,7 +23,7 @@ import time
 import torch
 
 from pixelgen import build_model
-from pixelgen.samplers import build_sampler
+from pixelgen.samplers import build_sampler, sampling_preset
 
 TINY = dict(
     input_size=32,
@@ -36,18 +36,9 @@ TINY = dict(
     in_context_start=1,
 )
 
-XL_SETTINGS = {
-    "XL, guidance 1.0": dict(
-        num_steps=50, timeshift=2.0, exact_henu=True, guidance=1.0, guidance_interval_min=0.1, guidance_interval_max=0.9
-    ),
-    "XL, guidance 2.25": dict(
-        num_steps=50,
-        timeshift=2.0,
-        exact_henu=True,
-        guidance=2.25,
-        guidance_interval_min=0.1,
-        guidance_interval_max=0.9,
-    ),
+XL_SETTINGS = {  # the paper's XL settings, read from the registered sampling presets
+    "XL, guidance 1.0": dict(sampling_preset("xl_nocfg").params),
+    "XL, guidance 2.25": dict(sampling_preset("xl_cfg").params),
 }
 
 TIMED = {
@@ -80,7 +71,7 @@ def rows_per_image() -> None:
     print("Rows through the network per image (exact counts)")
     print(f"{'setting':<20} {'NFE':>4} {'guided steps':>13} {'ours':>6} {'original':>9} {'saved':>7}")
     for name, params in XL_SETTINGS.items():
-        sampler = build_sampler("heun", **params)
+        sampler = build_sampler(sampling_preset("xl_cfg").sampler, **params)
         sampler(lambda x, t, c: x, torch.zeros(1, 1), torch.tensor([1]), torch.tensor([0]))
         nfe, rows = sampler.last_stats["nfe"], sampler.last_stats["rows"]
         original = 2 * nfe
