@@ -200,3 +200,19 @@ def test_sigterm_stops_the_demo_with_a_checkpoint_and_starts_no_next_stage(tmp_p
     assert 1 <= state["step"] < 100000
     assert not (out / "pretrain512").exists()
     assert json.loads(stdout)["stages"]["t2i_pretrain256"]["stopped"] == "interrupted"
+
+
+def test_a_padding_masked_step_trains_through_the_structured_condition(tmp_path):
+    """With pad_mask the trainer's batches carry {"emb", "mask"} to the device and the step is applied."""
+    config = t2i_demo_stage("pretrain256", tmp_path, steps=1)
+    config.text.pad_mask = True
+    trainer = T2ITrainer(config, conditioner=build_tiny_qwen3(pad_mask=True), prompts=[], progress=False)
+    try:
+        batch = trainer._to_device(trainer.batch_transform(next(trainer.batches())))
+        assert set(batch["cond"]) == set(batch["uncond"]) == {"emb", "mask"}
+        assert batch["cond"]["mask"].dtype == torch.bool and batch["cond"]["mask"].device == trainer.device
+        record = trainer.optimizer_step(trainer.batches())
+        applied, values, problem = record
+        assert applied and problem is None and all(v == v for v in values.values())
+    finally:
+        trainer.close()
