@@ -61,6 +61,7 @@ from ..distributed import (
 )
 from ..losses.objective import Objective
 from ..utils.checks import check_labels
+from ..utils.images import save_image_grid
 from ..utils.io import DiskFullError, FolderNotWritableError, WriteError, atomic_save_json, remove_stale_temporaries
 from .checkpointing import CheckpointManager, load_training_checkpoint
 from .config import TrainConfig, check_against_model
@@ -789,7 +790,6 @@ class Trainer:
         if self.dist.is_main or everyone:
             from ..generate import generate
             from ..samplers import build_sampler
-            from ..utils.images import save_image_grid
 
             labels = self._checked_grid_labels()
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
