@@ -6,9 +6,10 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 # The torch build that installs on a CPU machine here; GPU users bring their own (the package asks torch>=2.10).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
-PYTEST_ARGS ?=
+# The suite runs on two workers (pytest-xdist); PYTEST_ARGS=-n0 runs it in one process.
+PYTEST_ARGS ?= -n 2
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +23,13 @@ demo: install
 	$(PY) recipes/imagenet256.py --demo
 
 test: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 bench: install
 	$(PY) benchmarks/forward_cpu.py
