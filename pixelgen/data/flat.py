@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
-from PIL import Image
+from pathlib import Path
 
 from pixelgen.registry import registries
 
-from .folders import IMAGE_EXTENSIONS, RobustImageFiles, _check_folder, _walk_files
-from .transforms import check_resolution
+from .folders import IMAGE_EXTENSIONS, RobustImageFiles, _walk_files
 
 __all__ = ["FlatImageFolderDataset"]
 
@@ -23,25 +20,12 @@ class FlatImageFolderDataset(RobustImageFiles):
     ``min_image_size``).
     """
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        resolution: int = 256,
-        *,
-        flip: bool = False,
-        max_bad_images: int | None = 100,
-        max_pixels: int | None = Image.MAX_IMAGE_PIXELS,
-        min_image_size: int | None = None,
-    ) -> None:
-        self.root = _check_folder(root, "image folder")
-        self.resolution = check_resolution(resolution)
-        self.flip = bool(flip)
-        self._robust_options(max_bad_images, max_pixels, min_image_size)
-        self.samples = [(path, 0) for path in _walk_files(self.root, IMAGE_EXTENSIONS)]
-        if not self.samples:
+    def _find_samples(self) -> list[tuple[Path, int]]:
+        samples = [(path, 0) for path in _walk_files(self.root, IMAGE_EXTENSIONS)]
+        if not samples:
             raise ValueError(f"The image folder '{self.root}' holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
         self.classes = [self.root.name or "images"]
-        self._make_flags()
+        return samples
 
     @property
     def class_names(self) -> list[str]:

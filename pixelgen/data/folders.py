@@ -122,6 +122,27 @@ class RobustImageFiles(Dataset):
     flip: bool
     samples: list[tuple[Path, int]]
 
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        resolution: int = 256,
+        *,
+        flip: bool = False,
+        max_bad_images: int | None = 100,
+        max_pixels: int | None = Image.MAX_IMAGE_PIXELS,
+        min_image_size: int | None = None,
+    ) -> None:
+        self.root = _check_folder(root, "image folder")
+        self.resolution = check_resolution(resolution)
+        self.flip = bool(flip)
+        self._robust_options(max_bad_images, max_pixels, min_image_size)
+        self.samples = self._find_samples()
+        self._make_flags()
+
+    def _find_samples(self) -> list[tuple[Path, int]]:
+        """The ``(path, label)`` pairs under ``self.root``; subclasses say how they are found (and set ``classes``)."""
+        raise NotImplementedError
+
     def _robust_options(self, max_bad_images: object, max_pixels: object, min_image_size: object) -> None:
         self.max_bad_images = _check_limit(max_bad_images, "max_bad_images")
         self.max_pixels = _check_limit(max_pixels, "max_pixels", minimum=1)
@@ -211,22 +232,9 @@ class ImageFolderDataset(RobustImageFiles):
     Returns ``{"image", "raw", "label"}`` samples (see :mod:`pixelgen.data.transforms`).
     """
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        resolution: int = 256,
-        *,
-        flip: bool = False,
-        max_bad_images: int | None = 100,
-        max_pixels: int | None = Image.MAX_IMAGE_PIXELS,
-        min_image_size: int | None = None,
-    ) -> None:
+    def _find_samples(self) -> list[tuple[Path, int]]:
         from torchvision.datasets.folder import find_classes, make_dataset
 
-        self.root = _check_folder(root, "image folder")
-        self.resolution = check_resolution(resolution)
-        self.flip = bool(flip)
-        self._robust_options(max_bad_images, max_pixels, min_image_size)
         if not any(e.is_dir() for e in os.scandir(self.root)):
             raise ValueError(
                 f"The image folder '{self.root}' has no class sub-folders; it must hold one sub-folder of images "
@@ -240,22 +248,22 @@ class ImageFolderDataset(RobustImageFiles):
             )
         valid = _LoopFreeFiles(self.root, IMAGE_EXTENSIONS)
         found = make_dataset(str(self.root), self.class_to_idx, is_valid_file=valid, allow_empty=True)
-        self.samples: list[tuple[Path, int]] = [(Path(path), label) for path, label in found]
+        samples = [(Path(path), label) for path, label in found]
         self.loop_skipped = valid.skipped
         if self.loop_skipped:
             log.warning(
                 "%d files under '%s' were reached through a symlink loop and are left out.", valid.skipped, self.root
             )
-        if not self.samples:
+        if not samples:
             raise ValueError(
                 f"The image folder '{self.root}' has {len(self.classes)} class folders but no images "
                 f"({', '.join(IMAGE_EXTENSIONS)})."
             )
-        empty = sorted(set(self.classes) - {self.classes[label] for _, label in self.samples})
+        empty = sorted(set(self.classes) - {self.classes[label] for _, label in samples})
         if empty:
             shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
             raise ValueError(f"The image folder '{self.root}' has class folders without images: {shown}.")
-        self._make_flags()
+        return samples
 
     @property
     def num_classes(self) -> int:
