@@ -38,14 +38,24 @@ class FrozenEncoder(nn.Module):
     mode), none of its parameters require gradients, and gradients still flow through it to its *inputs*.
     """
 
-    def freeze(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> FrozenEncoder:
-        self.to(device=device, dtype=dtype)
+    def freeze(self, dtype: torch.dtype | str | None = None, device: torch.device | str | None = None) -> FrozenEncoder:
+        """Cast to ``dtype`` (a torch dtype or its name, see :func:`parse_dtype`) on ``device``; freeze; eval mode."""
+        self.to(device=device, dtype=parse_dtype(dtype))
         for p in self.parameters():
             p.requires_grad_(False)
         return super().train(False)
 
     def train(self, mode: bool = True) -> FrozenEncoder:  # noqa: ARG002 - frozen networks stay in eval mode
         return super().train(False)
+
+    @staticmethod
+    def state_mismatch(module: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+        """The sorted ``(missing, unexpected, wrong shape)`` keys of ``state`` against ``module``'s own state dict."""
+        own = module.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+        return missing, unexpected, wrong
 
     @property
     def dtype(self) -> torch.dtype:

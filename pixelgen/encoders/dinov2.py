@@ -28,7 +28,6 @@ from .base import (
     at_least_float32,
     check_pixel_range,
     load_weight_file,
-    parse_dtype,
     resolve_encoder_weights,
 )
 
@@ -130,15 +129,12 @@ class DINOv2Encoder(FrozenEncoder):
         self.layers = self._check_layers(layers)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.freeze(parse_dtype(dtype), device)
+        self.freeze(dtype, device)
 
     # -- construction helpers --------------------------------------------------------------------------
     def _load(self, path) -> None:
         state = convert_dinov2_state_dict(load_weight_file(path))
-        own = self.backbone.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+        missing, unexpected, wrong = self.state_mismatch(self.backbone, state)
         if missing or unexpected or wrong:
             parts = [
                 f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"

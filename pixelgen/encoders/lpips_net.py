@@ -23,7 +23,6 @@ from .base import (
     at_least_float32,
     check_pixel_range,
     load_weight_file,
-    parse_dtype,
     resolve_encoder_weights,
 )
 
@@ -106,7 +105,7 @@ class LPIPSEncoder(FrozenEncoder):
             self.metric = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
         if path is not None:
             self._load_trunk(path)
-        self.freeze(parse_dtype(dtype), device)
+        self.freeze(dtype, device)
         self.channels_last = channels_last
         if channels_last:  # convolutions follow their weights' layout, so the activations become NHWC too
             self.metric.to(memory_format=torch.channels_last)
@@ -123,9 +122,7 @@ class LPIPSEncoder(FrozenEncoder):
             index, _, leaf = rest.partition(".")
             if head == "features" and index in slice_of:
                 state[f"{slice_of[index]}.{index}.{leaf}"] = value
-        own = trunk.state_dict()
-        missing = sorted(set(own) - set(state))
-        wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+        missing, _, wrong = self.state_mismatch(trunk, state)  # keys the trunk lacks are ignored
         if missing or wrong:
             keys = missing or wrong
             raise ValueError(
