@@ -1,9 +1,9 @@
-"""The one-call GPU suite (issue 8): environment, correctness, then timings of training, sampling and attention.
+"""The GPU suite in one command: environment, correctness, then timings of training, sampling and attention.
 
     PYTHONUNBUFFERED=1 python benchmarks/gpu_suite.py --out $OUT            # everything, PixelGen-XL/16 sizes
     python benchmarks/gpu_suite.py --sections env,attention                 # a subset
     python benchmarks/gpu_suite.py --tiny                                   # same code paths, tiny sizes (auto on CPU)
-    benchmarks/run_gpu_suite.sh                                             # the device call (installs carried wheels)
+    benchmarks/run_gpu_suite.sh                                             # installs the wheels in .whl/ first
 
 Sections (run in this order; ``--sections`` picks a subset):
 
@@ -25,7 +25,7 @@ Sections (run in this order; ``--sections`` picks a subset):
 
 Every throughput comes with the model FLOPs (``pixelgen.utils.flops``: multiply-add = 2 FLOPs, matrix
 products only, no recomputation), the achieved TFLOP/s and the model FLOP utilisation against the card's
-bf16 dense peak (798 TFLOP/s measured on this workplace's H100; ``--peak-tflops``), next to the original's
+bf16 dense peak (798 TFLOP/s measured on an H100 80GB HBM3; ``--peak-tflops``), next to the original's
 figures. Frozen networks use random weights (no network access); the backbone's zero-initialised layers
 are re-drawn (std 0.02) so that its outputs depend on its inputs. Results go to ``--out`` (default
 ``$OUT``): ``suite.json``, ``suite.md``, ``profiles.txt`` (kernel-time tables of one full training step and

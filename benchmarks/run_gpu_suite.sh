@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The one device call of issue 8: install the carried wheels, then run benchmarks/gpu_suite.py into $OUT.
+# The GPU suite in one command: install the wheels in .whl/, then run benchmarks/gpu_suite.py into $OUT.
 #
-#   device tool:  run(command="bash benchmarks/run_gpu_suite.sh", carry=[".whl"], timeout_s=570)
+#   OUT=suite_out bash benchmarks/run_gpu_suite.sh                 (in the repository root, .whl/ prepared)
 #   extra arguments go to the suite:  bash benchmarks/run_gpu_suite.sh --sections env,attention
 #
 # .whl/*.whl (lpips; optionally xformers) are installed into /tmp/site and put on PYTHONPATH. A CUDA-12 runtime
