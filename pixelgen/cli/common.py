@@ -232,6 +232,58 @@ def apply_threads(threads: int | None) -> int:
     return count
 
 
+def add_sampler_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sampler options shared by the commands that sample: steps, time shift, Heun and Adams variants."""
+    parser.add_argument("--steps", type=positive_int, help="number of steps (default 50)")
+    parser.add_argument("--shift", type=positive_float, help="time-grid shift (default: the preset's, else 1.0)")
+    parser.add_argument(
+        "--lazy-heun", action="store_true", help="Heun reusing the corrector velocity (exact_henu=False)"
+    )
+    parser.add_argument("--order", type=positive_int, help="Adams order (adams sampler only)")
+    parser.add_argument(
+        "--exact-final-step", action="store_true", help="land on x̂ at t=1 instead of the default clamped last step"
+    )
+
+
+def apply_sampler_step_arguments(
+    args: argparse.Namespace, sampler: str, params: dict[str, Any], **more: Any
+) -> dict[str, Any]:
+    """``params`` updated in place with the options of :func:`add_sampler_step_arguments` (and ``more``) that were
+    given; a Heun-only setting is refused for another sampler and dropped from its parameters."""
+    explicit = {
+        "num_steps": args.steps,
+        **more,
+        "timeshift": args.shift,
+        "order": args.order,
+        "exact_henu": False if args.lazy_heun else None,
+        "exact_final_step": True if args.exact_final_step else None,
+    }
+    params.update({k: v for k, v in explicit.items() if v is not None})
+    if sampler != "heun":
+        if args.lazy_heun:
+            raise ValueError("--lazy-heun applies to the heun sampler only.")
+        params.pop("exact_henu", None)
+    return params
+
+
+def add_metric_network_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the commands that score samples find their feature networks and cached reference statistics."""
+    parser.add_argument(
+        "--inception-weights",
+        default=None,
+        help="TF-compatible Inception weights file (torch-fidelity's weights-inception-2015-12-05-6726825d.pth); "
+        "'random' for a smoke test (meaningless numbers, said in every file)",
+    )
+    parser.add_argument(
+        "--dinov2-weights",
+        default=None,
+        help="DINOv2 weights for fd_dinov2 (default: resolved offline-first); 'random' for a smoke test (meaningless)",
+    )
+    parser.add_argument(
+        "--cache-dir", default=None, help="where reference statistics are cached (default: ~/.cache/pixelgen/eval)"
+    )
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of every subcommand (added by :func:`pixelgen.cli.main`, so a new command gets them too)."""
     group = parser.add_argument_group("common options")

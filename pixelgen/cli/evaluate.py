@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .common import positive_int
+from .common import add_metric_network_arguments, positive_int
 
 HELP = "score a sample set (ADM .npz or image folder) against a reference: FID, sFID, IS, precision/recall, FD-DINOv2"
 
@@ -30,20 +30,10 @@ def add_parser(subparsers):
     p.add_argument(
         "--out", default=None, help="JSON file for the results (default: <samples>.metrics.json next to the samples)"
     )
-    p.add_argument(
-        "--inception-weights",
-        default=None,
-        help="TF-compatible Inception weights file (torch-fidelity's weights-inception-2015-12-05-6726825d.pth); 'random' for a smoke test (meaningless numbers)",
-    )
-    p.add_argument(
-        "--dinov2-weights", default=None, help="DINOv2 weights for fd_dinov2 (default: resolved offline-first)"
-    )
+    add_metric_network_arguments(p)
     p.add_argument("--num-samples", type=positive_int, default=None, help="use only the first N samples")
     p.add_argument("--batch-size", type=positive_int, default=50, help="images per feature-network batch")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument(
-        "--cache-dir", default=None, help="where reference statistics are cached (default: ~/.cache/pixelgen/eval)"
-    )
     p.add_argument("--k", type=positive_int, default=3, help="neighbourhood size of precision/recall (ADM: 3)")
     p.add_argument(
         "--is-split-size", type=positive_int, default=5000, help="samples per Inception Score split (ADM: 5000)"

@@ -15,7 +15,13 @@ from __future__ import annotations
 
 import logging
 
-from .common import finite_float, non_negative_int, positive_float, positive_int
+from .common import (
+    add_sampler_step_arguments,
+    apply_sampler_step_arguments,
+    finite_float,
+    non_negative_int,
+    positive_int,
+)
 
 HELP = (
     "generate a class-balanced sample set (samples.npz, ADM format) from a checkpoint; resumable, torchrun-distributed"
@@ -46,7 +52,7 @@ def add_parser(subparsers):
     )
     p.add_argument("--num-classes", type=positive_int, help="class count the checkpoint must have (presets: 1000)")
     p.add_argument("--sampler", help="registered sampler name (default heun)")
-    p.add_argument("--steps", type=positive_int, help="number of steps (default 50)")
+    add_sampler_step_arguments(p)
     p.add_argument("--guidance", type=finite_float, help="CFG scale (default 1.0)")
     p.add_argument(
         "--interval",
@@ -54,12 +60,6 @@ def add_parser(subparsers):
         nargs=2,
         metavar=("MIN", "MAX"),
         help="guidance interval (t_min, t_max] (default 0 1)",
-    )
-    p.add_argument("--shift", type=positive_float, help="time-grid shift (default 1.0)")
-    p.add_argument("--lazy-heun", action="store_true", help="Heun reusing the corrector velocity (exact_henu=False)")
-    p.add_argument("--order", type=positive_int, help="Adams order (adams sampler only)")
-    p.add_argument(
-        "--exact-final-step", action="store_true", help="land on x̂ at t=1 instead of the default clamped last step"
     )
     p.add_argument(
         "--seed", type=non_negative_int, default=0, help="global seed; sample i's noise depends on (seed, i) only"
@@ -113,21 +113,14 @@ def _settings(args, num_classes: int, base=None) -> tuple[str, dict, int, int, i
     sampler = args.sampler or preset.sampler
     params = {k: v for k, v in preset.params.items() if k in sampler_parameters(sampler)}
     params.setdefault("num_steps", 50)
-    explicit = {
-        "num_steps": args.steps,
-        "guidance": args.guidance,
-        "timeshift": args.shift,
-        "guidance_interval_min": args.interval[0] if args.interval else None,
-        "guidance_interval_max": args.interval[1] if args.interval else None,
-        "order": args.order,
-        "exact_henu": False if args.lazy_heun else None,
-        "exact_final_step": True if args.exact_final_step else None,
-    }
-    params.update({k: v for k, v in explicit.items() if v is not None})
-    if sampler != "heun":
-        if args.lazy_heun:
-            raise ValueError("--lazy-heun applies to the heun sampler only.")
-        params.pop("exact_henu", None)
+    apply_sampler_step_arguments(
+        args,
+        sampler,
+        params,
+        guidance=args.guidance,
+        guidance_interval_min=args.interval[0] if args.interval else None,
+        guidance_interval_max=args.interval[1] if args.interval else None,
+    )
     per_class = args.per_class or preset.per_class or 50
     num = args.num_samples or preset.num or per_class * num_classes
     expected = args.num_classes if args.num_classes is not None else preset.num_classes

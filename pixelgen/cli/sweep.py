@@ -11,7 +11,13 @@ Resumable: rerun the same command after an interruption; finished settings are r
 
 from __future__ import annotations
 
-from .common import non_negative_int, positive_float, positive_int
+from .common import (
+    add_metric_network_arguments,
+    add_sampler_step_arguments,
+    apply_sampler_step_arguments,
+    non_negative_int,
+    positive_int,
+)
 
 HELP = "sweep EMA width x guidance (paired samples, FID or FD-DINOv2): table, plot and the final-set command"
 
@@ -67,11 +73,7 @@ def add_parser(subparsers):
     p.add_argument("--metric", choices=["fid", "fd_dinov2"], default="fid", help="what to minimise (default fid)")
     p.add_argument("--preset", choices=registries.sampling_preset.list(), help="base sampler settings (e.g. xl_cfg)")
     p.add_argument("--sampler", help="registered sampler name (default: the preset's, else heun)")
-    p.add_argument("--steps", type=positive_int, help="number of steps (default 50)")
-    p.add_argument("--shift", type=positive_float, help="time-grid shift")
-    p.add_argument("--lazy-heun", action="store_true", help="Heun reusing the corrector velocity (exact_henu=False)")
-    p.add_argument("--order", type=positive_int, help="Adams order (adams sampler only)")
-    p.add_argument("--exact-final-step", action="store_true", help="land on x̂ at t=1")
+    add_sampler_step_arguments(p)
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed shared by every setting (paired comparison)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per network batch")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="sampling precision (recorded)")
@@ -79,15 +81,7 @@ def add_parser(subparsers):
     p.add_argument(
         "--step", type=non_negative_int, default=None, help="reconstruct the EMAs at this training step (runs only)"
     )
-    p.add_argument(
-        "--inception-weights",
-        default=None,
-        help="Inception weights file for fid; 'random' for a smoke test (meaningless numbers, said in every file)",
-    )
-    p.add_argument(
-        "--dinov2-weights", default=None, help="DINOv2 weights for fd_dinov2; 'random' for a smoke test (meaningless)"
-    )
-    p.add_argument("--cache-dir", default=None, help="reference statistics cache (default: ~/.cache/pixelgen/eval)")
+    add_metric_network_arguments(p)
     p.add_argument("--keep-samples", action="store_true", help="keep each setting's samples.npz after scoring")
     p.add_argument(
         "--final-num", type=positive_int, default=50_000, help="size of the final sample set in the printed command"
@@ -106,18 +100,7 @@ def run(args) -> int:
     sampler = args.sampler or preset["sampler"]
     params = dict(preset["params"])
     params.setdefault("num_steps", 50)
-    explicit = {
-        "num_steps": args.steps,
-        "timeshift": args.shift,
-        "order": args.order,
-        "exact_henu": False if args.lazy_heun else None,
-        "exact_final_step": True if args.exact_final_step else None,
-    }
-    params.update({k: v for k, v in explicit.items() if v is not None})
-    if sampler != "heun":
-        if args.lazy_heun:
-            raise ValueError("--lazy-heun applies to the heun sampler only.")
-        params.pop("exact_henu", None)
+    apply_sampler_step_arguments(args, sampler, params)
     if sampler != "adams":
         params.pop("order", None)
     intervals = args.interval or [(params.get("guidance_interval_min", 0.0), params.get("guidance_interval_max", 1.0))]
