@@ -283,15 +283,15 @@ def printed(capsys, argv) -> dict:
 def test_train_on_class_folders_end_to_end(tmp_path, capsys, monkeypatch):
     data = image_folder(tmp_path / "pets", ["cats", "dogs"])
     captions = []
-    import pixelgen.utils.images as images_module
+    import pixelgen.train.trainer as trainer_module
 
-    original = images_module.save_image_grid
+    original = trainer_module.save_image_grid
 
     def recording(images, path, **kw):
         captions.append(kw.get("captions"))
         return original(images, path, **kw)
 
-    monkeypatch.setattr(images_module, "save_image_grid", recording)
+    monkeypatch.setattr(trainer_module, "save_image_grid", recording)
     out = tmp_path / "run"
     argv = ["train", "--data", str(data), "--steps", "2", "--batch-size", "4", "--out", str(out), *TINY]
     summary = printed(capsys, argv)
