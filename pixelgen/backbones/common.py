@@ -239,6 +239,28 @@ class JiTBase(Backbone):
         )
 
     # -- input checks ---------------------------------------------------------------------------------
+    def _image_grid(self, x: Any, t: Any) -> tuple[int, int]:
+        """The patch grid (grid_h, grid_w) of ``x``, after the shape checks of x and t when ``check_inputs``."""
+        if self.check_inputs:
+            return self._check_image_and_time(x, t)
+        return x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+
+    @staticmethod
+    def _training_grid_table(input_size: int, patch_size: int, hidden_size: int) -> nn.Parameter:
+        """The frozen sin-cos position table of the training grid (filled by :meth:`_init_linears_and_table`)."""
+        grid = input_size // patch_size
+        return nn.Parameter(torch.zeros(1, grid * grid, hidden_size), requires_grad=False)
+
+    def _init_linears_and_table(self) -> None:
+        """Xavier-uniform linear weights with zero biases, and the sin-cos table of the training grid."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        with torch.no_grad():
+            self.pos_embed.copy_(sincos_2d_table(self.hidden_size, *self.default_grid).unsqueeze(0))
+
     def _check_image_and_time(self, x: Any, t: Any) -> tuple[int, int]:
         """Shape checks for x and t (no host sync); returns the patch grid (grid_h, grid_w)."""
         check_image_batch(x, "x", channels=self.in_channels, multiple_of=self.patch_size)

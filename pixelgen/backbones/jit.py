@@ -22,7 +22,6 @@ from pixelgen.nn import (
     attention,
     axial_rope_2d,
     check_backend,
-    sincos_2d_table,
     swiglu_hidden_size,
 )
 from pixelgen.utils.checks import check_class_labels_input
@@ -191,8 +190,7 @@ class JiT(JiTBase):
         self.t_embedder = TimestepEmbedder(hidden_size, max_period=10000.0)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size)
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size, bottleneck_dim if use_bottleneck else None)
-        grid = input_size // patch_size
-        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, hidden_size), requires_grad=False)
+        self.pos_embed = self._training_grid_table(input_size, patch_size, hidden_size)
         if in_context_len > 0:
             self.in_context_posemb = nn.Parameter(torch.zeros(1, in_context_len, hidden_size))
         else:
@@ -218,13 +216,7 @@ class JiT(JiTBase):
 
     def initialize_weights(self) -> None:
         """Xavier linears, zero adaLN modulations and final projection: the model then outputs exactly zero."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        with torch.no_grad():
-            self.pos_embed.copy_(sincos_2d_table(self.hidden_size, *self.default_grid).unsqueeze(0))
+        self._init_linears_and_table()
         for conv in (self.x_embedder.proj1, self.x_embedder.proj2):
             if conv is not None:
                 nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1))
@@ -250,13 +242,11 @@ class JiT(JiTBase):
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, return_layer: int | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        grid_h, grid_w = self._image_grid(x, t)
         if self.check_inputs:
-            grid_h, grid_w = self._check_image_and_time(x, t)
             check_class_labels_input(y, x.shape[0], "y")
             self._check_return_layer(return_layer, self.depth)
             self._check_values(t, y, {"x": x})
-        else:
-            grid_h, grid_w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
 
         tokens = self.add_positions(self.x_embedder(x), self.position_table(grid_h, grid_w))
         y_emb = self.y_embedder(y)

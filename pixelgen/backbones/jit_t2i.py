@@ -24,7 +24,6 @@ from pixelgen.nn import (
     attention,
     check_backend,
     linspace_rope_2d,
-    sincos_2d_table,
 )
 from pixelgen.utils.checks import check_tensor
 
@@ -214,8 +213,7 @@ class JiTT2I(JiTBase):
         self.x_embedder = LinearPatchEmbed(patch_dim, bottleneck_dim, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size, max_period=10.0, cast_features_to_input=True)
         self.y_embedder = TextEmbedder(txt_embed_dim, hidden_size)
-        grid = input_size // patch_size
-        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, hidden_size), requires_grad=False)
+        self.pos_embed = self._training_grid_table(input_size, patch_size, hidden_size)
         self.y_pos_embedding = nn.Parameter(torch.zeros(1, txt_max_length, hidden_size))
         self.text_refine_blocks = nn.ModuleList(
             TextRefineBlock(hidden_size, num_groups, attention_backend) for _ in range(num_text_blocks)
@@ -226,13 +224,7 @@ class JiTT2I(JiTBase):
 
     def initialize_weights(self) -> None:
         """Xavier linears, zero adaLN modulations and final projection: the model then outputs exactly zero."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        with torch.no_grad():
-            self.pos_embed.copy_(sincos_2d_table(self.hidden_size, *self.default_grid).unsqueeze(0))
+        self._init_linears_and_table()
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         nn.init.normal_(self.y_pos_embedding, std=0.02)
@@ -257,13 +249,11 @@ class JiTT2I(JiTBase):
                     f"A structured text condition needs 'emb' (and optionally 'mask'), got keys {sorted(y)}."
                 )
             y, text_mask = y["emb"], y.get("mask", text_mask)
+        grid_h, grid_w = self._image_grid(x, t)
         if self.check_inputs:
-            grid_h, grid_w = self._check_image_and_time(x, t)
             self._check_text(y, text_mask, x.shape[0])
             self._check_return_layer(return_layer, self.num_blocks)
             self._check_values(t, finite={"x": x, "y (text embeddings)": y})
-        else:
-            grid_h, grid_w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
 
         patches = F.unfold(x, kernel_size=self.patch_size, stride=self.patch_size).transpose(1, 2)
         tokens = self.add_positions(self.x_embedder(patches), self.position_table(grid_h, grid_w))
