@@ -157,13 +157,26 @@ def _check_text_model(model: torch.nn.Module) -> None:
         )
 
 
+def _open_set(
+    model: torch.nn.Module,
+    source: str | os.PathLike | Sequence[PromptItem],
+    read: Callable[[str | os.PathLike], list[PromptItem]],
+    out_dir: str | os.PathLike,
+    seeds: Sequence[int],
+) -> tuple[list[PromptItem], Path, tuple[int, ...]]:
+    """The checked (items, output folder, seeds) of a prompt set given as items or as the file(s) ``read`` reads."""
+    _check_text_model(model)
+    items = list(source) if not isinstance(source, (str, os.PathLike)) else read(source)
+    return items, Path(out_dir), _check_seeds(seeds)
+
+
 def _render(
     model: torch.nn.Module,
     encoder: Callable[[list[str]], Any],
     jobs: list[tuple[PromptItem, int]],
     *,
-    sampler: str,
-    sampler_params: Mapping[str, Any],
+    sampler: str | None,
+    sampler_params: Mapping[str, Any] | None,
     batch_size: int,
     height: int | None,
     width: int | None,
@@ -177,7 +190,8 @@ def _render(
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    run = build_sampler(sampler, **dict(sampler_params))
+    name, params = _sampling(sampler, sampler_params)
+    run = build_sampler(name, **params)
     if not jobs:
         return
     texts = _TextConditions(encoder, negative_prompt)
@@ -232,23 +246,19 @@ def generate_geneval(
 
     ``sampler``/``sampler_params``: default Adams-2, 25 steps, CFG 4, shift 3 (the released model's setting).
     """
-    _check_text_model(model)
-    items = list(metadata) if not isinstance(metadata, (str, os.PathLike)) else read_geneval_metadata(metadata)
-    out = Path(out_dir)
-    seeds = _check_seeds(seeds)
+    items, out, seeds = _open_set(model, metadata, read_geneval_metadata, out_dir, seeds)
 
     def image_path(item: PromptItem, seed: int) -> Path:
         return out / item.key / "samples" / f"{seed:05d}.png"
 
     todo = [(item, s) for item in items for s in seeds if not image_path(item, s).is_file()]
     log.info("GenEval: %d prompts x %d seeds, %d images to generate", len(items), len(seeds), len(todo))
-    name, params = _sampling(sampler, sampler_params)
     for item, seed, image in _render(
         model,
         encoder,
         todo,
-        sampler=name,
-        sampler_params=params,
+        sampler=sampler,
+        sampler_params=sampler_params,
         batch_size=batch_size,
         height=height,
         width=width,
@@ -287,10 +297,7 @@ def generate_dpg(
 
     The number of seeds must be a square (4 by default) so the images tile into a square grid.
     """
-    _check_text_model(model)
-    items = list(prompts) if not isinstance(prompts, (str, os.PathLike)) else read_dpg_prompts(prompts)
-    out = Path(out_dir)
-    seeds = _check_seeds(seeds)
+    items, out, seeds = _open_set(model, prompts, read_dpg_prompts, out_dir, seeds)
     side = math.isqrt(len(seeds))
     if side * side != len(seeds):
         raise ValueError(
@@ -298,14 +305,13 @@ def generate_dpg(
         )
     todo = [(item, s) for item in items if not (out / f"{item.key}.png").is_file() for s in seeds]
     log.info("DPG-Bench: %d prompts, %d images to generate", len(items), len(todo))
-    name, params = _sampling(sampler, sampler_params)
     pending: dict[str, list[np.ndarray]] = {}
     for item, _seed, image in _render(
         model,
         encoder,
         todo,
-        sampler=name,
-        sampler_params=params,
+        sampler=sampler,
+        sampler_params=sampler_params,
         batch_size=batch_size,
         height=height,
         width=width,
