@@ -187,14 +187,19 @@ def _class_names(meta: dict[str, Any], num_classes: int) -> list[str] | None:
     return None
 
 
+def _float_of(value: Any, name: str, noun: str) -> float:
+    """``float(value)``, or a sentence asking for a ``noun`` ("number", "whole number") when it is empty or not one."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise DemoInputError(f"{name} is empty; enter a {noun}.")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DemoInputError(f"{name} must be a {noun}, got {value!r}.") from None
+
+
 def _integer(value: Any, name: str, low: int, high: int | None = None) -> int:
     """Gradio numbers arrive as floats (or None when a box is emptied): an integer in [low, high] or a sentence."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise DemoInputError(f"{name} is empty; enter a whole number.")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise DemoInputError(f"{name} must be a whole number, got {value!r}.") from None
+    number = _float_of(value, name, "whole number")
     if not math.isfinite(number) or number != int(number):
         raise DemoInputError(f"{name} must be a whole number, got {value!r}.")
     number = int(number)
@@ -205,12 +210,7 @@ def _integer(value: Any, name: str, low: int, high: int | None = None) -> int:
 
 
 def _real(value: Any, name: str, low: float | None = None, high: float | None = None) -> float:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise DemoInputError(f"{name} is empty; enter a number.")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise DemoInputError(f"{name} must be a number, got {value!r}.") from None
+    number = _float_of(value, name, "number")
     if not math.isfinite(number):
         raise DemoInputError(f"{name} must be a finite number, got {value!r}.")
     if (low is not None and number < low) or (high is not None and number > high):
