@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import TINY_BACKBONES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -165,28 +166,8 @@ def test_models_cast_to_another_dtype_run_in_it(name, config):
 
 # -- properties ------------------------------------------------------------------------------------------------
 
-TINY_C2I = dict(
-    input_size=16,
-    patch_size=4,
-    hidden_size=32,
-    depth=3,
-    num_heads=2,
-    num_classes=5,
-    bottleneck_dim=8,
-    in_context_len=2,
-    in_context_start=1,
-)
-TINY_T2I = dict(
-    input_size=16,
-    patch_size=4,
-    hidden_size=32,
-    num_blocks=2,
-    num_text_blocks=1,
-    num_groups=2,
-    txt_embed_dim=12,
-    txt_max_length=5,
-    bottleneck_dim=8,
-)
+TINY_C2I = dict(TINY_BACKBONES["jit"])
+TINY_T2I = dict(TINY_BACKBONES["jit_t2i"])
 
 
 @st.composite

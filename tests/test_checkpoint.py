@@ -5,34 +5,15 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_BACKBONES
 
 from pixelgen import build_model, convert_checkpoint, load_pretrained, save_pretrained
 from pixelgen.checkpoint import infer_backbone_config
 from pixelgen.cli import main as cli_main
 from pixelgen.utils.io import CheckpointError, load_safetensors
 
-C2I = dict(
-    input_size=16,
-    patch_size=4,
-    hidden_size=32,
-    depth=3,
-    num_heads=2,
-    num_classes=5,
-    bottleneck_dim=8,
-    in_context_len=2,
-    in_context_start=1,
-)
-T2I = dict(
-    input_size=16,
-    patch_size=4,
-    hidden_size=32,
-    num_blocks=2,
-    num_text_blocks=1,
-    num_groups=2,
-    txt_embed_dim=12,
-    txt_max_length=5,
-    bottleneck_dim=8,
-)
+C2I = dict(TINY_BACKBONES["jit"])
+T2I = dict(TINY_BACKBONES["jit_t2i"])
 
 
 def _random_model(arch, config, seed):
